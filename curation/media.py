@@ -1,0 +1,299 @@
+"""Media access: content ids, ffprobe, audio extraction (ffmpeg) and frame decoding (decord).
+
+Everything that touches a media file goes through here, so operators never call ffmpeg or decord
+themselves and a run decodes each video once for all of its frame operators.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv",
+                    ".wmv", ".3gp"}
+_HASH_CHUNK = 4 << 20
+
+
+class MediaError(RuntimeError):
+    """A media problem worth one clear line on the row (not a traceback)."""
+
+
+# ---- files and ids --------------------------------------------------------------------------------
+def _fs_and_path(uri: str):
+    import pyarrow.fs as pafs
+    if "://" in uri and not uri.startswith("file://"):
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), uri.removeprefix("file://")
+
+
+def file_size(uri: str) -> int:
+    fs, path = _fs_and_path(uri)
+    info = fs.get_file_info(path)
+    if info.size is None:
+        raise MediaError(f"not a file: {uri}")
+    return info.size
+
+
+def content_id(uri: str) -> str:
+    """A content hash: blake2b of the size and the whole file (files over 64 MiB: first, middle and
+    last 4 MiB), so the same file under two names is one video and a changed file is a new one."""
+    fs, path = _fs_and_path(uri)
+    size = file_size(uri)
+    h = hashlib.blake2b(digest_size=12)
+    h.update(str(size).encode())
+    with fs.open_input_file(path) as f:
+        if size <= 16 * _HASH_CHUNK:
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+        else:
+            for offset in (0, size // 2, size - _HASH_CHUNK):
+                f.seek(offset)
+                h.update(f.read(_HASH_CHUNK))
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def local_path(uri: str):
+    """A local file path for ``uri``; object-store files are copied to a temporary file first."""
+    if "://" not in uri or uri.startswith("file://"):
+        yield uri.removeprefix("file://")
+        return
+    fs, path = _fs_and_path(uri)
+    suffix = os.path.splitext(path)[1]
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        with fs.open_input_stream(path) as src:
+            shutil.copyfileobj(src, tmp, _HASH_CHUNK)
+        tmp.flush()
+        yield tmp.name
+
+
+# ---- probe -----------------------------------------------------------------------------------------
+def _rate(text: str | None) -> float | None:
+    if not text or text in ("0/0", "N/A"):
+        return None
+    num, _, den = text.partition("/")
+    try:
+        value = float(num) / float(den or 1)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value if value > 0 and math.isfinite(value) else None
+
+
+def _rotation(stream: dict) -> int:
+    for sd in stream.get("side_data_list", []) or []:
+        if "rotation" in sd:
+            return int(round(-float(sd["rotation"]))) % 360  # display matrix is counter-clockwise
+    rotate = (stream.get("tags") or {}).get("rotate")
+    return int(rotate) % 360 if rotate else 0
+
+
+def probe(path: str) -> dict:
+    """Container and stream facts of a local file. Raises MediaError with one clear line."""
+    import ffmpeg
+
+    if not os.path.exists(path):
+        raise MediaError(f"file not found: {path}")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise MediaError("empty file (0 bytes)")
+    try:
+        info = ffmpeg.probe(path)
+    except ffmpeg.Error as e:
+        msg = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise MediaError(f"not a readable media file: {msg[-1] if msg else 'ffprobe failed'}") from None
+    fmt = info.get("format", {})
+    videos = [s for s in info.get("streams", []) if s.get("codec_type") == "video"
+              and not (s.get("disposition") or {}).get("attached_pic")]
+    audios = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
+    if not videos:
+        raise MediaError(f"no video stream (format {fmt.get('format_name', '?')})")
+    v = videos[0]
+    a = audios[0] if audios else {}
+    fps_avg = _rate(v.get("avg_frame_rate"))
+    fps_nom = _rate(v.get("r_frame_rate"))
+    fps = fps_avg or fps_nom
+    duration = _float(v.get("duration")) or _float(fmt.get("duration"))
+    if not fps or not duration or duration <= 0:
+        raise MediaError("video stream has no usable duration or frame rate")
+    rotation = _rotation(v)
+    w, h = int(v.get("width") or 0), int(v.get("height") or 0)
+    if w <= 0 or h <= 0:
+        raise MediaError("video stream has no frame size")
+    if rotation in (90, 270):
+        w, h = h, w
+    nb = v.get("nb_frames")
+    return {
+        "container": fmt.get("format_name"),
+        "duration_s": duration,
+        "fps": fps,
+        "fps_nominal": fps_nom or fps,
+        "variable_fps": bool(fps_avg and fps_nom and abs(fps_avg - fps_nom) / fps_nom > 0.01),
+        "num_frames": int(nb) if nb and str(nb).isdigit() else int(round(duration * fps)),
+        "width": w,
+        "height": h,
+        "rotation": rotation,
+        "video_codec": v.get("codec_name"),
+        "pix_fmt": v.get("pix_fmt"),
+        "bit_rate": int(fmt["bit_rate"]) if str(fmt.get("bit_rate", "")).isdigit() else None,
+        "has_audio": bool(audios),
+        "audio_codec": a.get("codec_name"),
+        "audio_sample_rate": int(a["sample_rate"]) if a.get("sample_rate") else None,
+        "audio_channels": int(a["channels"]) if a.get("channels") else None,
+    }
+
+
+def check_decodable(path: str, duration_s: float) -> None:
+    """Decode a frame at the start and one near the end; a truncated or corrupt stream fails here."""
+    for t in (0.0, max(0.0, duration_s - 0.5)):
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{t:.3f}", "-i", path, "-map", "0:v:0",
+               "-frames:v", "1", "-f", "null", "-"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        err = r.stderr.strip().splitlines()
+        decoded = r.returncode == 0 and not any("error" in line.lower() or "invalid" in line.lower()
+                                                or "partial file" in line.lower() for line in err)
+        if not decoded:
+            where = "start" if t == 0 else f"{t:.1f} s"
+            raise MediaError(f"undecodable or truncated video at {where}: "
+                             f"{err[-1] if err else 'no frame decoded'}")
+
+
+def _float(x) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+# ---- audio -----------------------------------------------------------------------------------------
+def load_audio(path: str, sample_rate: int = 16000, start_s: float = 0.0,
+               duration_s: float | None = None) -> np.ndarray:
+    """Mono float32 PCM in [-1, 1] at ``sample_rate`` (ffmpeg resamples and down-mixes)."""
+    cmd = ["ffmpeg", "-nostdin", "-v", "error"]
+    if start_s:
+        cmd += ["-ss", f"{start_s:.3f}"]
+    cmd += ["-i", path]
+    if duration_s is not None:
+        cmd += ["-t", f"{duration_s:.3f}"]
+    cmd += ["-map", "0:a:0", "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-acodec",
+            "pcm_s16le", "-"]
+    r = subprocess.run(cmd, capture_output=True)
+    if r.returncode != 0:
+        msg = r.stderr.decode(errors="replace").strip().splitlines()
+        raise MediaError(f"audio extraction failed: {msg[-1] if msg else 'ffmpeg error'}")
+    return np.frombuffer(r.stdout, np.int16).astype(np.float32) / 32768.0
+
+
+def extract_wav(path: str, out_path: str, sample_rate: int = 16000) -> str:
+    """Write the first audio stream as a 16-bit mono WAV at ``sample_rate``."""
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", path, "-map", "0:a:0", "-ac", "1", "-ar",
+           str(sample_rate), "-acodec", "pcm_s16le", out_path]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise MediaError(f"audio extraction failed: {r.stderr.strip().splitlines()[-1:]}")
+    return out_path
+
+
+# ---- frames ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrameSpec:
+    """What a frame operator needs: sampling rate (None = every frame) and the long side in pixels."""
+    fps: float | None = 2.0
+    max_side: int = 480
+
+    @staticmethod
+    def union(specs: list["FrameSpec"]) -> "FrameSpec":
+        fpss = [s.fps for s in specs]
+        return FrameSpec(fps=None if any(f is None for f in fpss) else max(fpss),
+                         max_side=max(s.max_side for s in specs))
+
+
+@dataclass
+class Frames:
+    """Decoded RGB frames of one time span: ``images`` (N, H, W, 3) uint8 and their ``times`` (s)."""
+    images: np.ndarray
+    times: np.ndarray
+    fps: float                      # native average frame rate of the video
+    indices: np.ndarray = field(default=None)  # frame numbers in the video
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def sample(self, fps: float | None, max_side: int | None = None) -> "Frames":
+        """A view at a lower sampling rate and/or a smaller size (one decode serves several specs)."""
+        keep = np.arange(len(self))
+        if fps is not None and len(self) > 1 and fps < self.fps * 0.999:
+            step = 1.0 / fps
+            t0 = self.times[0]
+            slots = np.floor((self.times - t0) / step + 1e-6).astype(int)
+            _, first = np.unique(slots, return_index=True)
+            keep = first
+        images = self.images[keep]
+        if max_side is not None and images.size and max(images.shape[1:3]) > max_side:
+            images = resize_batch(images, max_side)
+        return Frames(images=images, times=self.times[keep], fps=self.fps,
+                      indices=None if self.indices is None else self.indices[keep])
+
+    def gray(self) -> np.ndarray:
+        import cv2
+        return np.stack([cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in self.images]) \
+            if len(self) else np.zeros((0,) + self.images.shape[1:3], np.uint8)
+
+
+def resize_batch(images: np.ndarray, max_side: int) -> np.ndarray:
+    import cv2
+    h, w = images.shape[1:3]
+    scale = max_side / max(h, w)
+    size = (max(2, int(round(w * scale))), max(2, int(round(h * scale))))
+    return np.stack([cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images])
+
+
+class VideoDecoder:
+    """One decord reader per video: frame times once, then spans decoded at a given spec."""
+
+    def __init__(self, path: str, rotation: int = 0, max_side: int = 480):
+        import decord
+        self._decord = decord
+        probe_reader = decord.VideoReader(path, num_threads=1)
+        h, w = probe_reader[0].shape[:2] if len(probe_reader) else (0, 0)
+        del probe_reader
+        scale = min(1.0, max_side / max(h, w)) if h and w else 1.0
+        # decord resizes inside the decoder (coded orientation): keep even sizes
+        self.width = max(2, int(round(w * scale / 2) * 2))
+        self.height = max(2, int(round(h * scale / 2) * 2))
+        self.reader = decord.VideoReader(path, width=self.width, height=self.height, num_threads=1)
+        self.rotation = rotation
+        n = len(self.reader)
+        if n == 0:
+            raise MediaError("no decodable frames")
+        ts = self.reader.get_frame_timestamp(np.arange(n))
+        self.times = ts[:, 0].astype(np.float64)
+        self.fps = float(self.reader.get_avg_fps()) or (n / max(self.times[-1], 1e-6))
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def span(self, start_s: float, end_s: float, fps: float | None = None) -> Frames:
+        idx = np.nonzero((self.times >= start_s - 1e-6) & (self.times < end_s - 1e-6))[0]
+        if fps is not None and len(idx) > 1 and fps < self.fps * 0.999:
+            slots = np.floor((self.times[idx] - self.times[idx[0]]) * fps + 1e-6).astype(int)
+            _, first = np.unique(slots, return_index=True)
+            idx = idx[first]
+        if len(idx) == 0:
+            return Frames(np.zeros((0, self.height, self.width, 3), np.uint8), np.zeros(0), self.fps,
+                          idx)
+        try:
+            images = self.reader.get_batch(idx).asnumpy()
+        except self._decord.DECORDError as e:
+            raise MediaError(f"decode failed between {start_s:.2f}s and {end_s:.2f}s: "
+                             f"{str(e).splitlines()[0]}") from None
+        if self.rotation:
+            images = np.ascontiguousarray(np.rot90(images, k=-self.rotation // 90, axes=(1, 2)))
+        return Frames(images=images, times=self.times[idx], fps=self.fps, indices=idx)

@@ -1,0 +1,253 @@
+"""YAML workflows: load, validate the DAG, and plan it into stages.
+
+A workflow names its steps (``op``, ``params``, ``after``, ``resources``) and the ``filters`` that make
+the funnel (named SQL keep-predicates over ``clips``, applied in order; scores are stored, decisions
+live here and in queries)::
+
+    name: demo
+    steps:
+      - {name: probe, op: probe}
+      - {name: shots, op: shots, after: [probe], params: {detector: content}}
+    filters:
+      - {name: long_enough, where: "duration_s >= 2"}
+
+Loading checks: known keys, known operators and parameters, ``after`` naming real steps, no cycles,
+and that every column a step reads is written by a step upstream of it (or by ingest).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from curation.operator import Operator, OperatorError, Resources
+
+# Columns present before any step runs (written by ingest).
+INGEST_COLUMNS = {"videos": {"video_id", "uri", "size_bytes", "schema_version", "run_id"}}
+STEP_KEYS = {"name", "op", "params", "after", "resources", "description"}
+TOP_KEYS = {"name", "description", "steps", "filters"}
+RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory_mb"}
+
+
+class WorkflowError(ValueError):
+    pass
+
+
+@dataclass
+class Step:
+    name: str
+    op: str
+    params: dict = field(default_factory=dict)
+    after: list[str] = field(default_factory=list)
+    resources: dict = field(default_factory=dict)
+    op_cls: type[Operator] | None = None
+
+    def make(self, model_dir: str | None = None) -> Operator:
+        return self.op_cls(model_dir=model_dir, **self.params)
+
+    def resource_request(self) -> Resources:
+        return self.op_cls.resources.with_overrides(self.resources)
+
+
+@dataclass
+class Filter:
+    name: str
+    where: str
+
+
+@dataclass
+class Workflow:
+    name: str
+    steps: list[Step]
+    filters: list[Filter]
+    text: str = ""
+    description: str = ""
+
+    @property
+    def by_name(self) -> dict[str, Step]:
+        return {s.name: s for s in self.steps}
+
+    def descendants(self, name: str) -> set[str]:
+        out, frontier = set(), [name]
+        while frontier:
+            cur = frontier.pop()
+            for s in self.steps:
+                if cur in s.after and s.name not in out:
+                    out.add(s.name)
+                    frontier.append(s.name)
+        return out
+
+    def ancestors(self, name: str) -> set[str]:
+        out, frontier = set(), list(self.by_name[name].after)
+        while frontier:
+            cur = frontier.pop()
+            if cur not in out:
+                out.add(cur)
+                frontier.extend(self.by_name[cur].after)
+        return out
+
+    def stages(self) -> list[list[Step]]:
+        """Steps in dependency order, grouped: adjacent frame steps over the same table with no
+        dependency between them form one stage and share one decode of each video."""
+        order = _topo_order(self.steps)
+        stages: list[list[Step]] = []
+        for step in order:
+            cls = step.op_cls
+            last = stages[-1] if stages else None
+            if (last and cls.frames is not None and all(s.op_cls.frames is not None for s in last)
+                    and all(s.op_cls.input_table == cls.input_table for s in last)
+                    and not any(s.name in self.ancestors(step.name) for s in last)):
+                last.append(step)
+            else:
+                stages.append([step])
+        return stages
+
+
+def _topo_order(steps: list[Step]) -> list[Step]:
+    """Kahn's algorithm; among ready steps prefer frame steps next to frame steps (for fusion),
+    then the order of the file."""
+    by_name = {s.name: s for s in steps}
+    indeg = {s.name: len(s.after) for s in steps}
+    ready = [s.name for s in steps if indeg[s.name] == 0]
+    order: list[Step] = []
+    while ready:
+        prev_frames = bool(order) and order[-1].op_cls.frames is not None
+        ready.sort(key=lambda n: (not (prev_frames and by_name[n].op_cls.frames is not None),
+                                  [s.name for s in steps].index(n)))
+        name = ready.pop(0)
+        order.append(by_name[name])
+        for s in steps:
+            if name in s.after:
+                indeg[s.name] -= 1
+                if indeg[s.name] == 0:
+                    ready.append(s.name)
+    if len(order) != len(steps):
+        raise WorkflowError(f"cycle between steps: {_find_cycle(steps)}")
+    return order
+
+
+def _find_cycle(steps: list[Step]) -> str:
+    by_name = {s.name: s for s in steps}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in by_name[n].after:
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for s in steps:
+        if s.name not in state:
+            cyc = visit(s.name)
+            if cyc:
+                return " -> ".join(reversed(cyc))
+    return "?"
+
+
+def load(path_or_text: str | Path, registry: dict[str, type[Operator]] | None = None) -> Workflow:
+    if registry is None:
+        from operators import REGISTRY as registry
+    p = Path(path_or_text)
+    if "\n" not in str(path_or_text) and p.suffix in (".yaml", ".yml"):
+        if not p.exists():
+            raise WorkflowError(f"workflow file not found: {p}")
+        text = p.read_text()
+        source = str(p)
+    else:
+        text, source = str(path_or_text), "<text>"
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise WorkflowError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise WorkflowError(f"{source}: a workflow is a mapping with 'name' and 'steps'")
+    unknown = set(doc) - TOP_KEYS
+    if unknown:
+        raise WorkflowError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
+                            f"allowed: {', '.join(sorted(TOP_KEYS))}")
+    if not doc.get("steps"):
+        raise WorkflowError(f"{source}: no steps")
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(doc["steps"]):
+        if not isinstance(raw, dict) or "op" not in raw:
+            raise WorkflowError(f"{source}: step {i + 1} needs an 'op'")
+        bad = set(raw) - STEP_KEYS
+        name = str(raw.get("name", raw["op"]))
+        if bad:
+            raise WorkflowError(f"step {name!r}: unknown key(s) {', '.join(sorted(bad))}; "
+                                f"allowed: {', '.join(sorted(STEP_KEYS))}")
+        if name in seen:
+            raise WorkflowError(f"step {name!r} appears twice")
+        seen.add(name)
+        op = str(raw["op"])
+        if op not in registry:
+            raise WorkflowError(f"step {name!r}: unknown operator {op!r}; known operators: "
+                                f"{', '.join(sorted(registry))}")
+        after = raw.get("after") or []
+        if isinstance(after, str):
+            after = [after]
+        res = raw.get("resources") or {}
+        if set(res) - RESOURCE_KEYS:
+            raise WorkflowError(f"step {name!r}: unknown resource(s) "
+                                f"{', '.join(sorted(set(res) - RESOURCE_KEYS))}; "
+                                f"allowed: {', '.join(sorted(RESOURCE_KEYS))}")
+        step = Step(name=name, op=op, params=dict(raw.get("params") or {}), after=list(after),
+                    resources=dict(res), op_cls=registry[op])
+        try:
+            step.make()  # checks the parameter names; loads no model (setup() is not called)
+        except OperatorError as e:
+            raise WorkflowError(f"step {name!r}: {e}") from None
+        steps.append(step)
+    names = {s.name for s in steps}
+    for s in steps:
+        for a in s.after:
+            if a not in names:
+                raise WorkflowError(f"step {s.name!r}: 'after' names unknown step {a!r}")
+    filters = []
+    for i, f in enumerate(doc.get("filters") or []):
+        if not isinstance(f, dict) or not f.get("where"):
+            raise WorkflowError(f"{source}: filter {i + 1} needs 'name' and 'where'")
+        filters.append(Filter(name=str(f.get("name", f"filter_{i + 1}")), where=str(f["where"])))
+    wf = Workflow(name=str(doc.get("name") or p.stem), steps=steps, filters=filters, text=text,
+                  description=str(doc.get("description") or ""))
+    _topo_order(steps)  # raises on a cycle
+    _check_inputs(wf)
+    return wf
+
+
+def _check_inputs(wf: Workflow) -> None:
+    """Every column a step reads and every table it takes rows from is made upstream of it."""
+    from schemas import KEYS
+    for step in wf.steps:
+        cls = step.op_cls
+        available: dict[str, set[str]] = {t: set(c) for t, c in INGEST_COLUMNS.items()}
+        tables = {"videos"}
+        for a in wf.ancestors(step.name):
+            up = wf.by_name[a].op_cls
+            available.setdefault(up.output_table, set()).update(up.writes.names)
+            available[up.output_table].update(KEYS.get(up.output_table, ()))
+            tables.add(up.output_table)
+        if cls.input_table not in tables:
+            raise WorkflowError(f"step {step.name!r} ({cls.name}) takes rows of {cls.input_table!r}, "
+                                f"but no step upstream of it makes them; add one to its 'after'")
+        for ref in cls.reads:
+            table, _, column = ref.partition(".")
+            if column not in available.get(table, set()):
+                raise WorkflowError(f"step {step.name!r} ({cls.name}) reads {ref}, which no step "
+                                    f"upstream of it writes; add the step that writes it to 'after'")
+        if cls.frames is not None or cls.input_table != "videos":
+            for needed in ("duration_s", "fps"):
+                if needed not in available.get("videos", set()):
+                    raise WorkflowError(f"step {step.name!r} needs the probe upstream of it "
+                                        f"(videos.{needed})")

@@ -1,0 +1,18 @@
+"""The operators, one per file; the workflow key of each is its ``name`` (= its file name).
+
+Adding an operator: write operators/NAME.py with one Operator subclass, add it to REGISTRY below,
+add tests/operators/test_NAME.py, and use it as a step in a workflow.
+"""
+from operators.audio import Audio
+from operators.clip_speech import ClipSpeech
+from operators.clips import Clips
+from operators.probe import Probe
+from operators.shots import Shots
+
+REGISTRY = {op.name: op for op in (
+    Probe,
+    Shots,
+    Audio,
+    Clips,
+    ClipSpeech,
+)}
