@@ -158,7 +158,7 @@ class Store:
             return ds.to_table(columns=list(columns) if columns else None, filter=where or None,
                                limit=limit)
         except Exception as e:
-            raise StoreError(f"bad query on {table} ({where!r}): {str(e).splitlines()[0]}") from e
+            raise StoreError(f"bad query on {table} ({where!r}): {_clean(e)}") from e
 
     def count(self, table: str, where: str | None = None) -> int:
         if not self.exists(table):
@@ -166,13 +166,21 @@ class Store:
         try:
             return self.dataset(table).count_rows(filter=where or None)
         except Exception as e:
-            raise StoreError(f"bad filter on {table} ({where!r}): {str(e).splitlines()[0]}") from e
+            raise StoreError(f"bad filter on {table} ({where!r}): {_clean(e)}") from e
 
     def versions(self, table: str) -> list[dict]:
         return self.dataset(table).versions()
 
     def tags(self, table: str) -> dict:
         return self.dataset(table).tags.list()
+
+
+def _clean(e: Exception) -> str:
+    """Lance's error text without the Rust source location and internal row-id columns."""
+    import re
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r",?\s*/\S+\.rs:\d+:\d+\s*$", "", text)
+    return re.sub(r", _row\w+", "", text)
 
 
 def _storage_options_from_env(uri: str) -> dict | None:

@@ -1,0 +1,91 @@
+"""Store statistics: rows per table, errors by stage, the clip funnel; finding one row by id."""
+from __future__ import annotations
+
+from curation.store import Store, StoreError, sql_quote
+from schemas import TABLES
+
+
+def compute(uri: str) -> dict:
+    store = Store(uri)
+    if not store.tables():
+        raise StoreError(f"no store at {uri} (no tables found)")
+    out: dict = {"tables": {}, "errors": []}
+    for table in store.tables():
+        ds = store.dataset(table)
+        info = {"rows": ds.count_rows(), "version": ds.version}
+        if table in TABLES and "error" in ds.schema.names:
+            info["errors"] = store.count(table, "error IS NOT NULL")
+            if info["errors"]:
+                t = store.query(table, where="error IS NOT NULL", columns=["error_stage", "error"])
+                groups: dict[str, list[str]] = {}
+                for r in t.to_pylist():
+                    groups.setdefault(r["error_stage"] or "?", []).append(r["error"])
+                for stage, errs in sorted(groups.items()):
+                    out["errors"].append({"table": table, "stage": stage, "rows": len(errs),
+                                          "example": errs[0][:120]})
+        out["tables"][table] = info
+    run = latest_run(store)
+    if run:
+        out["run_id"], out["workflow"] = run["run_id"], run["workflow"]
+        out["funnel"] = funnel(store, run["workflow_yaml"])
+    return out
+
+
+def latest_run(store: Store) -> dict | None:
+    if not store.exists("runs"):
+        return None
+    runs = store.query("runs", columns=["run_id", "workflow", "workflow_yaml", "started_at"]).to_pylist()
+    runs = [r for r in runs if r["workflow_yaml"]]
+    return max(runs, key=lambda r: r["started_at"]) if runs else None
+
+
+def funnel(store: Store, workflow_yaml: str) -> list[dict]:
+    """Apply the workflow's filters to ``clips`` in order; report how many each removed."""
+    import yaml
+    filters = (yaml.safe_load(workflow_yaml) or {}).get("filters") or []
+    if not store.exists("clips"):
+        return []
+    rows = [{"stage": "candidate clips", "where": "", "removed": None,
+             "remaining": store.count("clips")}]
+    stages = [("annotation errors", "error IS NULL")] + [(f.get("name", f"filter_{i + 1}"), f["where"])
+                                                          for i, f in enumerate(filters)]
+    prev = rows[0]["remaining"]
+    clauses = []
+    for name, where in stages:
+        clauses.append(f"({where})")
+        try:
+            n = store.count("clips", " AND ".join(clauses))
+        except StoreError as e:
+            rows.append({"stage": name, "where": where, "removed": None, "remaining": None,
+                         "note": f"not applied: {str(e).split(': ', 1)[-1][:100]}"})
+            clauses.pop()
+            continue
+        rows.append({"stage": name, "where": where, "removed": prev - n, "remaining": n})
+        prev = n
+    return rows
+
+
+def find_row(uri: str, ident: str) -> tuple[str, dict, dict]:
+    store = Store(uri)
+    for table, key in (("clips", "clip_id"), ("videos", "video_id"), ("tracks", "track_id")):
+        if not store.exists(table):
+            continue
+        t = store.query(table, where=f"{key} = {sql_quote(ident)}")
+        if t.num_rows == 0 and table == "videos":
+            t = store.query(table, where=f"starts_with({key}, {sql_quote(ident)})")
+            if t.num_rows > 1:
+                raise StoreError(f"{ident!r} matches {t.num_rows} videos; give more characters")
+        if t.num_rows:
+            row = t.to_pylist()[0]
+            extra = {}
+            if table == "videos":
+                vid = sql_quote(row["video_id"])
+                for sub, cols in (("shots", ["shot_index", "start_s", "end_s", "duration_s"]),
+                                  ("clips", ["clip_id", "start_s", "end_s", "duration_s", "error"])):
+                    if store.exists(sub):
+                        extra[sub] = store.query(sub, where=f"video_id = {vid}", columns=cols).to_pylist()
+                if store.exists("status"):
+                    extra["steps"] = store.query("status", where=f"video_id = {vid}", columns=[
+                        "step", "op_version", "ok", "error", "rows", "seconds", "run_id"]).to_pylist()
+            return table, row, extra
+    raise StoreError(f"no clip, video or track with id {ident!r} in {uri}")
