@@ -89,7 +89,7 @@ def _rate(text: str | None) -> float | None:
 def _rotation(stream: dict) -> int:
     for sd in stream.get("side_data_list", []) or []:
         if "rotation" in sd:
-            return int(round(-float(sd["rotation"]))) % 360  # display matrix is counter-clockwise
+            return int(round(float(sd["rotation"]))) % 360  # as ffprobe reports the display matrix
     rotate = (stream.get("tags") or {}).get("rotate")
     return int(rotate) % 360 if rotate else 0
 
@@ -153,15 +153,13 @@ def check_decodable(path: str, duration_s: float) -> None:
     """Decode a frame at the start and one near the end; a truncated or corrupt stream fails here."""
     for t in (0.0, max(0.0, duration_s - 0.5)):
         cmd = ["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{t:.3f}", "-i", path, "-map", "0:v:0",
-               "-frames:v", "1", "-f", "null", "-"]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        err = r.stderr.strip().splitlines()
-        decoded = r.returncode == 0 and not any("error" in line.lower() or "invalid" in line.lower()
-                                                or "partial file" in line.lower() for line in err)
-        if not decoded:
-            where = "start" if t == 0 else f"{t:.1f} s"
-            raise MediaError(f"undecodable or truncated video at {where}: "
-                             f"{err[-1] if err else 'no frame decoded'}")
+               "-frames:v", "1", "-vf", "scale=16:16", "-pix_fmt", "gray", "-f", "rawvideo", "-"]
+        r = subprocess.run(cmd, capture_output=True)
+        err = r.stderr.decode(errors="replace").strip().splitlines()
+        if r.returncode != 0 or len(r.stdout) < 256:
+            where = "the start" if t == 0 else f"{t:.1f} s"
+            raise MediaError(f"undecodable or truncated video: no frame decoded at {where}"
+                             + (f" ({err[-1]})" if err else ""))
 
 
 def _float(x) -> float | None:
@@ -261,15 +259,20 @@ class VideoDecoder:
     def __init__(self, path: str, rotation: int = 0, max_side: int = 480):
         import decord
         self._decord = decord
-        probe_reader = decord.VideoReader(path, num_threads=1)
-        h, w = probe_reader[0].shape[:2] if len(probe_reader) else (0, 0)
+        try:
+            probe_reader = decord.VideoReader(path, num_threads=1)
+            # decord2 applies the display matrix itself: frames come out in display orientation and
+            # width/height below are display sizes (tests/test_media.py checks a rotated file)
+            h, w = probe_reader[0].shape[:2] if len(probe_reader) else (0, 0)
+        except decord.DECORDError as e:
+            raise MediaError(f"decoder cannot open the video: {str(e).splitlines()[0]}") from None
         del probe_reader
         scale = min(1.0, max_side / max(h, w)) if h and w else 1.0
-        # decord resizes inside the decoder (coded orientation): keep even sizes
+        # decord resizes inside the decoder: keep even sizes
         self.width = max(2, int(round(w * scale / 2) * 2))
         self.height = max(2, int(round(h * scale / 2) * 2))
         self.reader = decord.VideoReader(path, width=self.width, height=self.height, num_threads=1)
-        self.rotation = rotation
+        self.rotation = rotation  # informational: decord already rotated the frames
         n = len(self.reader)
         if n == 0:
             raise MediaError("no decodable frames")
@@ -294,6 +297,4 @@ class VideoDecoder:
         except self._decord.DECORDError as e:
             raise MediaError(f"decode failed between {start_s:.2f}s and {end_s:.2f}s: "
                              f"{str(e).splitlines()[0]}") from None
-        if self.rotation:
-            images = np.ascontiguousarray(np.rot90(images, k=-self.rotation // 90, axes=(1, 2)))
         return Frames(images=images, times=self.times[idx], fps=self.fps, indices=idx)

@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - create .venv (and install ffmpeg) if missing, run workflows/demo.yaml on the shared
+#                 media into ./demo_store on a local Ray instance, print `curation stats`
+#   make test   - same set-up, then the whole test suite (slow tests included)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MEDIA  ?= ../shared/media
+MODELS ?= ../shared/models
+STORE  ?= demo_store
+WORKERS ?= 2
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test test-fast bench lock env system clean
+
+env: system $(VENV)/.installed
+
+system:
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
+	  echo "installing ffmpeg (Debian package)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg >/dev/null; }
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+demo: env
+	$(VENV)/bin/curation run workflows/demo.yaml --input $(MEDIA) --store $(STORE) \
+	  --models $(MODELS) --workers $(WORKERS)
+	$(VENV)/bin/curation stats --store $(STORE)
+
+test: env
+	CURATION_MEDIA=$(MEDIA) CURATION_MODELS=$(MODELS) $(PY) -m pytest -q
+
+test-fast: env
+	CURATION_MEDIA=$(MEDIA) CURATION_MODELS=$(MODELS) $(PY) -m pytest -q -m "not slow"
+
+bench: env
+	CURATION_MEDIA=$(MEDIA) $(PY) bench/throughput.py --media $(MEDIA)
+
+lock: env
+	@{ head -2 requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v '^curation'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(STORE) .pytest_cache
