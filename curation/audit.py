@@ -12,7 +12,7 @@ from curation.media import MediaError, VideoDecoder, local_path
 from curation.store import Store, StoreError, sql_quote
 
 # Scores shown on a contact sheet when the clip has them (first ones first).
-KEY_SCORES = ("duration_s", "speech_ratio", "blur", "brightness_mean", "text_coverage", "still_score",
+KEY_SCORES = ("duration_s", "speech_ratio", "sharpness", "brightness_mean", "text_coverage", "still_score",
               "motion_intensity", "camera_motion", "jump_count", "duplicate_frame_ratio")
 
 

@@ -226,13 +226,7 @@ class Frames:
 
     def sample(self, fps: float | None, max_side: int | None = None) -> "Frames":
         """A view at a lower sampling rate and/or a smaller size (one decode serves several specs)."""
-        keep = np.arange(len(self))
-        if fps is not None and len(self) > 1 and fps < self.fps * 0.999:
-            step = 1.0 / fps
-            t0 = self.times[0]
-            slots = np.floor((self.times - t0) / step + 1e-6).astype(int)
-            _, first = np.unique(slots, return_index=True)
-            keep = first
+        keep = _thin(self.times, fps, self.fps)
         images = self.images[keep]
         if max_side is not None and images.size and max(images.shape[1:3]) > max_side:
             images = resize_batch(images, max_side)
@@ -273,6 +267,8 @@ class VideoDecoder:
         self.height = max(2, int(round(h * scale / 2) * 2))
         self.reader = decord.VideoReader(path, width=self.width, height=self.height, num_threads=1)
         self.rotation = rotation  # informational: decord already rotated the frames
+        self.path = path
+        self.backend = "decord"
         n = len(self.reader)
         if n == 0:
             raise MediaError("no decodable frames")
@@ -285,16 +281,44 @@ class VideoDecoder:
 
     def span(self, start_s: float, end_s: float, fps: float | None = None) -> Frames:
         idx = np.nonzero((self.times >= start_s - 1e-6) & (self.times < end_s - 1e-6))[0]
-        if fps is not None and len(idx) > 1 and fps < self.fps * 0.999:
-            slots = np.floor((self.times[idx] - self.times[idx[0]]) * fps + 1e-6).astype(int)
-            _, first = np.unique(slots, return_index=True)
-            idx = idx[first]
         if len(idx) == 0:
             return Frames(np.zeros((0, self.height, self.width, 3), np.uint8), np.zeros(0), self.fps,
                           idx)
-        try:
-            images = self.reader.get_batch(idx).asnumpy()
-        except self._decord.DECORDError as e:
-            raise MediaError(f"decode failed between {start_s:.2f}s and {end_s:.2f}s: "
-                             f"{str(e).splitlines()[0]}") from None
-        return Frames(images=images, times=self.times[idx], fps=self.fps, indices=idx)
+        if self.backend == "decord":
+            keep = _thin(self.times[idx], fps, self.fps)
+            try:
+                images = self.reader.get_batch(idx[keep]).asnumpy()
+                return Frames(images=images, times=self.times[idx[keep]], fps=self.fps,
+                              indices=idx[keep])
+            except self._decord.DECORDError:
+                # decord fails on some streams (seen: HEVC in .mov, "Error sending packet");
+                # ffmpeg decodes them: switch this video to the ffmpeg pipe
+                self.backend = "ffmpeg"
+        images = self._ffmpeg_span(self.times[idx[0]], self.times[idx[-1]], len(idx))
+        idx = idx[: len(images)]
+        keep = _thin(self.times[idx], fps, self.fps)
+        return Frames(images=images[keep], times=self.times[idx[keep]], fps=self.fps, indices=idx[keep])
+
+    def _ffmpeg_span(self, first_t: float, last_t: float, expected: int) -> np.ndarray:
+        """Every frame from ``first_t`` to ``last_t`` through an ffmpeg rawvideo pipe (which also
+        applies the display rotation), resized to the decoder's size."""
+        w, h = self.width, self.height
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-ss", f"{max(0.0, first_t - 0.001):.4f}",
+               "-i", self.path, "-map", "0:v:0", "-frames:v", str(expected), "-vf",
+               f"scale={w}:{h}:flags=area", "-fps_mode", "passthrough", "-f", "rawvideo",
+               "-pix_fmt", "rgb24", "-"]
+        r = subprocess.run(cmd, capture_output=True)
+        n = len(r.stdout) // (w * h * 3)
+        if r.returncode != 0 or n == 0:
+            msg = r.stderr.decode(errors="replace").strip().splitlines()
+            raise MediaError(f"decode failed between {first_t:.2f}s and {last_t:.2f}s: "
+                             f"{msg[-1] if msg else 'no frames'}")
+        return np.frombuffer(r.stdout[: n * w * h * 3], np.uint8).reshape(n, h, w, 3)
+
+
+def _thin(times: np.ndarray, fps: float | None, native_fps: float) -> np.ndarray:
+    """Positions of the frames to keep to sample ``times`` at ``fps`` (all when None)."""
+    if fps is None or len(times) < 2 or fps >= native_fps * 0.999:
+        return np.arange(len(times))
+    slots = np.floor((times - times[0]) * fps + 1e-6).astype(int)
+    return np.unique(slots, return_index=True)[1]

@@ -217,14 +217,16 @@ class RunSummary:
 
 class Runner:
     def __init__(self, workflow: Workflow, store: Store, model_dir: str | None = None,
-                 workers: int = 2, executor: str = "ray", flush_every: int = 8,
+                 workers: int = 2, executor: str = "ray", flush_every: int = 16,
+                 flush_seconds: float = 15.0,
                  progress: Callable[[str, int, int], None] | None = None):
         self.wf = workflow
         self.store = store
         self.model_dir = model_dir
         self.workers = workers
         self.executor = executor
-        self.flush_every = flush_every
+        self.flush_every = flush_every      # write results every N videos or T seconds
+        self.flush_seconds = flush_seconds
         self.progress = progress or (lambda step, done, total: None)
 
     def run(self, inputs: list[str], from_step: str | None = None, run_id: str | None = None) -> RunSummary:
@@ -327,18 +329,19 @@ class Runner:
         got: set[str] = set()
         done = 0
         self.progress(label, 0, len(pending))
-        for vid in no_rows:  # nothing to do for this video (e.g. all shots too short for clips)
-            self._record(stage, vid, [StepResult(s.name, vid, rows=None) for s in stage], run_id,
-                         videos[vid], [], sums)
-            done += 1
-            got.add(vid)
+        last_flush = time.perf_counter()
+        # nothing to do for these videos (e.g. every shot too short for a clip): done, no rows
+        self._flush(stage, [(vid, [StepResult(s.name, vid, rows=None) for s in stage]) for vid in no_rows],
+                    videos, children, run_id, sums)
+        done += len(no_rows)
+        got.update(no_rows)
         for vid, results in mapper(items, stage, self.model_dir, self.workers, table):
             buffer.append((vid, results))
             got.add(vid)
             done += 1
-            if len(buffer) >= self.flush_every:
+            if len(buffer) >= self.flush_every or time.perf_counter() - last_flush > self.flush_seconds:
                 self._flush(stage, buffer, videos, children, run_id, sums)
-                buffer = []
+                buffer, last_flush = [], time.perf_counter()
             self.progress(label, done, len(pending))
         self._flush(stage, buffer, videos, children, run_id, sums)
         for vid in pending:
@@ -351,48 +354,55 @@ class Runner:
             sums[s.name].seconds = time.perf_counter() - t0
         return list(sums.values())
 
-    def _flush(self, stage, buffer, videos, children, run_id, sums):
-        for vid, results in buffer:
-            self._record(stage, vid, results, run_id, videos[vid], children.get(vid, []), sums)
-
-    def _record(self, stage: list[Step], vid: str, results: list[StepResult], run_id: str,
-                video: dict, rows: list[dict], sums: dict[str, StepSummary]) -> None:
-        """Write one video's results of a stage: output rows, row errors, then the status."""
-        status = []
-        for r in results:
-            step = self.wf.by_name[r.step]
-            cls = step.op_cls
-            s = sums[r.step]
-            if r.error:
-                s.failed_videos += 1
-                key = KEYS[cls.input_table]
-                err_rows = [{**{k: row[k] for k in key}, "error": r.error, "error_stage": r.step,
-                             "run_id": run_id} for row in (rows or [video])]
-                self.store.upsert(cls.input_table, err_rows)
-            elif r.rows is not None:
-                if cls.output_table != cls.input_table:  # success clears this step's old error
-                    key = KEYS[cls.input_table]
-                    cleared = [{**{k: row[k] for k in key}, "error": None, "error_stage": None}
-                               for row in (rows or [video]) if row.get("error_stage") == r.step]
-                    if cleared:
-                        self.store.upsert(cls.input_table, cleared)
-                t = r.rows.append_column("run_id", pa.array([run_id] * r.rows.num_rows, pa.string()))
-                if cls.output_table != cls.input_table:  # emitted rows replace the video's old ones
-                    self.store.replace(cls.output_table, f"video_id = {sql_quote(vid)}", t)
-                else:
-                    self.store.upsert(cls.output_table, t)
-                s.rows += t.num_rows
-                if "error" in t.column_names:
-                    s.failed_rows += sum(1 for e, st in zip(t["error"].to_pylist(),
-                                                            t["error_stage"].to_pylist())
-                                         if e and st == r.step)
-            elif cls.output_table != cls.input_table:
-                self.store.delete(cls.output_table, f"video_id = {sql_quote(vid)}")
-            s.done += 1
-            op = step.make()
-            status.append({"step": r.step, "video_id": vid, "op": cls.name, "op_version": cls.version,
-                           "params_hash": op.params_hash(), "ok": r.error is None, "error": r.error,
-                           "rows": None if r.rows is None else r.rows.num_rows,
-                           "seconds": r.seconds, "run_id": run_id, "updated_at": now()})
+    def _flush(self, stage: list[Step], buffer: list[tuple[str, list[StepResult]]], videos: dict,
+               children: dict, run_id: str, sums: dict[str, StepSummary]) -> None:
+        """Write the results of some videos for a stage: rows first, then their status, so a kill
+        between the two only makes the next run redo (idempotently) those videos."""
+        if not buffer:
+            return
         from schemas import STATUS
+        status = []
+        for step in stage:
+            cls = step.op_cls
+            key = KEYS[cls.input_table]
+            op = step.make()
+            marks, outputs, emitted_for = [], [], []
+            for vid, results in buffer:
+                r = next(x for x in results if x.step == step.name)
+                inputs = children.get(vid) or []
+                s = sums[step.name]
+                if r.error:
+                    s.failed_videos += 1
+                    marks += [{**{k: row[k] for k in key}, "error": r.error, "error_stage": r.step,
+                               "run_id": run_id} for row in inputs]
+                else:
+                    if cls.output_table != cls.input_table:
+                        emitted_for.append(vid)
+                        # success of an emitting step clears its own earlier error on the input rows
+                        marks += [{**{k: row[k] for k in key}, "error": None, "error_stage": None,
+                                   "run_id": run_id} for row in inputs if row.get("error_stage") == r.step]
+                    if r.rows is not None and r.rows.num_rows:
+                        t = r.rows.append_column("run_id", pa.array([run_id] * r.rows.num_rows, pa.string()))
+                        outputs.append(t)
+                        s.rows += t.num_rows
+                        if "error_stage" in t.column_names:
+                            s.failed_rows += sum(1 for st in t["error_stage"].to_pylist() if st == r.step)
+                s.done += 1
+                status.append({"step": r.step, "video_id": vid, "op": cls.name,
+                               "op_version": cls.version, "params_hash": op.params_hash(),
+                               "ok": r.error is None, "error": r.error,
+                               "rows": None if r.rows is None else r.rows.num_rows,
+                               "seconds": r.seconds, "run_id": run_id, "updated_at": now()})
+            out = pa.concat_tables(outputs, promote_options="permissive") if outputs else None
+            if cls.output_table != cls.input_table:
+                if emitted_for:  # emitted rows replace the videos' earlier rows of that table
+                    where = "video_id IN (" + ", ".join(sql_quote(v) for v in emitted_for) + ")"
+                    if out is not None:
+                        self.store.replace(cls.output_table, where, out)
+                    else:
+                        self.store.delete(cls.output_table, where)
+            elif out is not None:
+                self.store.annotate(cls.output_table, out)
+            if marks:
+                self.store.annotate(cls.input_table, marks)
         self.store.upsert("status", pa.Table.from_pylist(status, schema=STATUS))

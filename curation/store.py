@@ -109,6 +109,28 @@ class Store:
         data = _conform(data, pa.schema([ds.schema.field(n) for n in data.column_names]))
         return ds.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(data)
 
+    def annotate(self, table: str, data: pa.Table | Sequence[dict]) -> dict:
+        """Set columns of existing rows (matched by key) without rewriting their other columns.
+
+        New columns are added empty first (metadata only); the values are then attached to the
+        fragments that hold the rows as new column files (Lance data evolution). Keys with no row
+        are ignored. Blob columns fall back to a row upsert (Lance cannot patch them as columns).
+        """
+        data = _as_table(data)
+        if data.num_rows == 0:
+            return {"num_updated_rows": 0}
+        key = list(self._key(table))
+        _check_unique(data, key, table)
+        if not self.exists(table):
+            raise StoreError(f"cannot annotate rows of {table!r}: the table does not exist yet")
+        ds = self._add_missing_columns(table, self.dataset(table), data)
+        data = _conform(data, pa.schema([ds.schema.field(n) for n in data.column_names]))
+        has_blob = any(f.metadata and f.metadata.get(b"lance-encoding:blob") for f in data.schema)
+        if has_blob or set(data.column_names) >= set(ds.schema.names):
+            return ds.merge_insert(key).when_matched_update_all().execute(data)
+        return (ds.merge_insert(key).when_matched_update_all().write_mode("rewrite_columns")
+                .execute(data))
+
     def replace(self, table: str, where: str, data: pa.Table | Sequence[dict]) -> None:
         """Delete the rows matching ``where`` then upsert ``data`` (used for rows an operator emits)."""
         if self.exists(table):

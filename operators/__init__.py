@@ -7,6 +7,7 @@ from operators.audio import Audio
 from operators.clip_speech import ClipSpeech
 from operators.clips import Clips
 from operators.probe import Probe
+from operators.quality import Quality
 from operators.shots import Shots
 
 REGISTRY = {op.name: op for op in (
@@ -15,4 +16,5 @@ REGISTRY = {op.name: op for op in (
     Audio,
     Clips,
     ClipSpeech,
+    Quality,
 )}

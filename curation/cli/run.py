@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         from_step: Optional[str] = typer.Option(None, "--from", help="Re-run this step and every "
                                                 "step downstream of it for all inputs."),
         local: bool = typer.Option(False, "--local", help="Run in this process, without Ray."),
+        flush_every: int = typer.Option(16, "--flush-every", min=1, help="Write results to the store "
+                                        "every N videos (and at least every 15 s)."),
     ):
         """Run WORKFLOW over the inputs; exit 0 when the run completed, even if some rows failed."""
         from curation.runner import Runner
@@ -52,7 +54,7 @@ def register(app: typer.Typer) -> None:
                         return
                 progress.update(tasks[step], completed=done, total=max(total, 1))
 
-            summary = Runner(wf, st, model_dir=models, workers=workers,
+            summary = Runner(wf, st, model_dir=models, workers=workers, flush_every=flush_every,
                              executor="local" if local else "ray",
                              progress=on_progress).run(inputs, from_step=from_step)
         out = Console()

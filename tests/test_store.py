@@ -1,0 +1,93 @@
+"""The Lance store: upserts, data evolution, queries, tags and indices."""
+from __future__ import annotations
+
+import lance
+import pyarrow as pa
+import pytest
+
+from curation.store import Store, StoreError
+
+
+def _videos(n, start=0):
+    return [{"video_id": f"v{i}", "uri": f"/x/{i}.mp4", "duration_s": float(i), "has_audio": i % 2 == 0}
+            for i in range(start, start + n)]
+
+
+def test_upsert_is_idempotent_and_updates(tmp_path):
+    st = Store(str(tmp_path / "s"))
+    st.upsert("videos", _videos(5))
+    st.upsert("videos", _videos(5))             # the same rows again: no duplicates
+    assert st.count("videos") == 5
+    st.upsert("videos", [{"video_id": "v1", "duration_s": 99.0}, {"video_id": "v9", "duration_s": 9.0}])
+    t = {r["video_id"]: r for r in st.query("videos").to_pylist()}
+    assert len(t) == 6
+    assert t["v1"]["duration_s"] == 99.0 and t["v1"]["uri"] == "/x/1.mp4"  # other columns kept
+    assert (tmp_path / "s" / "videos.lance").is_dir()
+
+
+def test_duplicate_keys_in_one_write_are_refused(tmp_path):
+    st = Store(str(tmp_path / "s"))
+    with pytest.raises(StoreError, match="duplicate keys"):
+        st.upsert("videos", [{"video_id": "a"}, {"video_id": "a"}])
+
+
+def _files(st, table):
+    return [(frag.fragment_id, f.path, tuple(f.fields)) for frag in st.dataset(table).get_fragments()
+            for f in frag.data_files()]
+
+
+def test_annotate_adds_columns_without_rewriting_rows(tmp_path):
+    st = Store(str(tmp_path / "s"))
+    st.upsert("videos", _videos(4))
+    before = _files(st, "videos")
+    st.annotate("videos", [{"video_id": f"v{i}", "blur": float(i) * 10} for i in range(4)])
+    st.annotate("videos", [{"video_id": "v1", "blur": 11.0}, {"video_id": "nope", "blur": 1.0}])
+    after = _files(st, "videos")
+    assert after[0] == before[0]                 # the original data file, untouched, same fragment
+    assert len(st.dataset("videos").get_fragments()) == 1 and st.count("videos") == 4
+    assert len(after) == 2 and len(after[1][2]) == 1   # one extra file holding only the new column
+    rows = st.query("videos", columns=["video_id", "uri", "blur"]).to_pylist()
+    assert [(r["uri"], r["blur"]) for r in rows] == [("/x/0.mp4", 0), ("/x/1.mp4", 11), ("/x/2.mp4", 20),
+                                                     ("/x/3.mp4", 30)]
+
+
+def test_query_filter_returns_exactly_the_matching_rows(tmp_path):
+    st = Store(str(tmp_path / "s"))
+    st.upsert("videos", _videos(50))
+    st.optimize_indices("videos")
+    got = st.query("videos", where="has_audio = true AND duration_s >= 10", columns=["video_id"])
+    expected = {f"v{i}" for i in range(50) if i % 2 == 0 and i >= 10}
+    assert set(got["video_id"].to_pylist()) == expected and got.num_rows == len(expected)
+    assert st.count("videos", "duration_s < 5") == 5
+    with pytest.raises(StoreError, match="No field named nope"):
+        st.query("videos", where="nope = 1")
+    with pytest.raises(StoreError, match="unknown column"):
+        st.query("videos", columns=["nope"])
+
+
+def test_scalar_indices_and_tags(tmp_path):
+    st = Store(str(tmp_path / "s"))
+    st.upsert("videos", _videos(10))
+    st.optimize_indices("videos")
+    names = {tuple(ix.field_names) for ix in st.dataset("videos").describe_indices()}
+    assert ("video_id",) in names and ("has_audio",) in names
+    st.tag("run-1")
+    v1 = st.dataset("videos").version
+    st.upsert("videos", _videos(3, start=10))
+    assert st.tags("videos")["run-1"]["version"] == v1
+    assert st.query("videos", version="run-1").num_rows == 10
+    assert st.count("videos") == 13
+
+
+def test_replace_removes_stale_child_rows(tmp_path):
+    st = Store(str(tmp_path / "s"))
+    st.upsert("shots", [{"video_id": "a", "shot_index": i} for i in range(4)]
+              + [{"video_id": "b", "shot_index": 0}])
+    st.replace("shots", "video_id = 'a'", [{"video_id": "a", "shot_index": i} for i in range(2)])
+    rows = st.query("shots", columns=["video_id", "shot_index"]).to_pylist()
+    assert sorted((r["video_id"], r["shot_index"]) for r in rows) == [("a", 0), ("a", 1), ("b", 0)]
+
+
+def test_missing_table_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="table 'clips' not found"):
+        Store(str(tmp_path / "s")).query("clips")
