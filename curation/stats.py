@@ -89,3 +89,37 @@ def find_row(uri: str, ident: str) -> tuple[str, dict, dict]:
                         "step", "op_version", "ok", "error", "rows", "seconds", "run_id"]).to_pylist()
             return table, row, extra
     raise StoreError(f"no clip, video or track with id {ident!r} in {uri}")
+
+
+def schema_rows(only: str | None = None) -> list[dict]:
+    """Every column of every table with its type and writer (base schema or operator)."""
+    from operators import REGISTRY
+    from schemas import KEYS, TABLES
+    rows = []
+    backbone = {"videos": "ingest / probe", "shots": "shots", "clips": "clips", "tracks": "(later: people)"}
+    for table, schema in TABLES.items():
+        if only and table != only:
+            continue
+        writers: dict[str, str] = {}
+        for op in REGISTRY.values():
+            if op.output_table == table:
+                for f in op.writes:
+                    writers.setdefault(f.name, op.name)
+        seen = set()
+        for f in schema:
+            who = writers.get(f.name) or ("key" if f.name in KEYS[table] else
+                                          "run" if f.name in ("run_id", "error", "error_stage") else
+                                          "ingest" if f.name in ("uri", "size_bytes", "schema_version")
+                                          else backbone[table])
+            rows.append({"table": table, "column": f.name, "type": str(f.type), "writer": who})
+            seen.add(f.name)
+        for op in REGISTRY.values():
+            if op.output_table != table:
+                continue
+            for f in op.writes:
+                if f.name not in seen:
+                    rows.append({"table": table, "column": f.name, "type": str(f.type), "writer": op.name})
+                    seen.add(f.name)
+    if only and not rows:
+        raise StoreError(f"unknown table {only!r}; tables: {', '.join(TABLES)}")
+    return rows

@@ -2,7 +2,8 @@
 
 A shot shorter than ``min_duration_s`` gives no clip; a longer one is cut into equal consecutive
 clips of at most ``max_duration_s`` (each at least ``min_duration_s``). ``trim_s`` is cut off both
-ends of a shot first so that frames next to a cut never enter a clip.
+ends of a shot first so that frames next to a cut never enter a clip. The video's display size and
+frame rate are copied onto each clip, so subsets can be cut by resolution without a join.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pyarrow as pa
 from curation.operator import Operator, Resources
 from schemas import CLIPS
 
-_COLUMNS = ("clip_id", "video_id", "shot_index", "clip_index", "start_s", "end_s", "duration_s")
+_COLUMNS = ("clip_id", "video_id", "shot_index", "clip_index", "start_s", "end_s", "duration_s",
+            "width", "height", "fps")
 
 
 def split_span(start: float, end: float, min_s: float, max_s: float) -> list[tuple[float, float]]:
@@ -30,7 +32,8 @@ class Clips(Operator):
     version = "1"
     input_table = "shots"
     output_table = "clips"
-    reads = ("shots.start_s", "shots.end_s", "shots.shot_index")
+    reads = ("shots.start_s", "shots.end_s", "shots.shot_index", "videos.width", "videos.height",
+             "videos.fps")
     writes = pa.schema([CLIPS.field(c) for c in _COLUMNS])
     params = {"min_duration_s": 1.0, "max_duration_s": 10.0, "trim_s": 0.1}
     resources = Resources(num_cpus=0.25)
@@ -45,5 +48,6 @@ class Clips(Operator):
                 out.append({"clip_id": f"{video['video_id']}:{shot['shot_index']}:{i}",
                             "video_id": video["video_id"], "shot_index": shot["shot_index"],
                             "clip_index": i, "start_s": round(a, 4), "end_s": round(b, 4),
-                            "duration_s": round(b - a, 4)})
+                            "duration_s": round(b - a, 4), "width": video.get("width"),
+                            "height": video.get("height"), "fps": video.get("fps")})
         return out

@@ -83,6 +83,9 @@ CLIPS = pa.schema([
     pa.field("start_s", pa.float64()),
     pa.field("end_s", pa.float64()),
     pa.field("duration_s", pa.float64()),
+    pa.field("width", pa.int32()),               # the video's display size and average fps
+    pa.field("height", pa.int32()),
+    pa.field("fps", pa.float64()),
     *_common(),
 ])
 

@@ -109,6 +109,28 @@ def register(app: typer.Typer) -> None:
                 con.print(sub)
 
 
+    @app.command("schema")
+    def schema_cmd(table: Optional[str] = typer.Argument(None, help="One table (default: all)."),
+                   markdown: bool = typer.Option(False, "--markdown", help="Markdown tables.")):
+        """The columns of each table, their types and the operator that writes them."""
+        from curation.stats import schema_rows
+        rows = schema_rows(table)
+        if markdown:
+            current = None
+            for r in rows:
+                if r["table"] != current:
+                    current = r["table"]
+                    print(f"\n#### {current}\n\n| column | type | written by |\n|---|---|---|")
+                print(f"| {r['column']} | {r['type']} | {r['writer']} |")
+            return
+        view = Table()
+        for c in ("table", "column", "type", "written by"):
+            view.add_column(c)
+        for r in rows:
+            view.add_row(r["table"], r["column"], r["type"], r["writer"])
+        Console().print(view)
+
+
 def _key(table: str) -> str:
     return {"videos": "video_id", "clips": "clip_id", "tracks": "track_id"}.get(table, "video_id")
 

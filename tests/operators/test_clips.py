@@ -17,7 +17,9 @@ def test_split_span_bounds():
 def test_clips_from_hamilton_shots():
     shots = [{"shot_index": i, "start_s": a, "end_s": b}
              for i, (a, b) in enumerate([(0, 0.67), (0.67, 2.74), (2.74, 7.04), (7.04, 9.18)])]
-    out = Clips(min_duration_s=1.0, max_duration_s=10.0, trim_s=0.1).process({"video_id": "h"}, shots)
+    video = {"video_id": "h", "width": 640, "height": 360, "fps": 29.97}
+    out = Clips(min_duration_s=1.0, max_duration_s=10.0, trim_s=0.1).process(video, shots)
     assert [c["clip_id"] for c in out] == ["h:1:0", "h:2:0", "h:3:0"]  # the 0.67 s shot gives none
     assert out[0]["start_s"] == pytest.approx(0.77) and out[0]["end_s"] == pytest.approx(2.64)
     assert all(c["duration_s"] >= 1.0 for c in out)
+    assert {(c["width"], c["height"], c["fps"]) for c in out} == {(640, 360, 29.97)}
