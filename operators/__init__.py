@@ -9,6 +9,7 @@ from operators.clips import Clips
 from operators.probe import Probe
 from operators.quality import Quality
 from operators.shots import Shots
+from operators.temporal import Temporal
 
 REGISTRY = {op.name: op for op in (
     Probe,
@@ -17,4 +18,5 @@ REGISTRY = {op.name: op for op in (
     Clips,
     ClipSpeech,
     Quality,
+    Temporal,
 )}

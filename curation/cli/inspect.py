@@ -72,8 +72,10 @@ def register(app: typer.Typer) -> None:
             con.print("no errors")
         if s.get("funnel"):
             f = Table(title=f"clip funnel (workflow {s['workflow']!r}, run {s['run_id']})")
-            for c in ("stage", "where", "removed", "remaining", "kept %"):
-                f.add_column(c, justify="left" if c in ("stage", "where") else "right")
+            f.add_column("stage", no_wrap=True)
+            f.add_column("where", no_wrap=True, overflow="ellipsis", max_width=44)
+            for c in ("removed", "remaining", "kept %"):
+                f.add_column(c, justify="right", no_wrap=True)
             total = s["funnel"][0]["remaining"] or 1
             for row in s["funnel"]:
                 f.add_row(row["stage"], row["where"],

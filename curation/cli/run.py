@@ -61,7 +61,8 @@ def register(app: typer.Typer) -> None:
         table = Table(title=f"run {summary.run_id}: {wf.name}, {summary.videos} videos, "
                             f"{summary.seconds:.1f} s")
         for col in ("step", "op", "done", "skipped", "rows out", "failed videos", "failed rows", "s"):
-            table.add_column(col, justify="left" if col in ("step", "op") else "right")
+            table.add_column(col, justify="left" if col in ("step", "op") else "right",
+                             no_wrap=col in ("step", "op"))
         for s in summary.steps:
             table.add_row(s.step, s.op, str(s.done), str(s.skipped), str(s.rows), str(s.failed_videos),
                           str(s.failed_rows), f"{s.seconds:.1f}")
