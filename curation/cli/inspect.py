@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+
+from curation.cli.common import console
 from rich.table import Table
 
 FORMATS = ("table", "jsonl", "csv")
@@ -44,7 +46,7 @@ def register(app: typer.Typer) -> None:
                 view.add_column(c, overflow="fold")
             for r in rows:
                 view.add_row(*[_cell(r[c]) for c in t.column_names])
-            Console().print(view)
+            console().print(view)
             Console(stderr=True).print(f"{len(rows)} row(s)")
 
     @app.command("stats")
@@ -52,7 +54,7 @@ def register(app: typer.Typer) -> None:
         """Rows per table, errors by stage, and the funnel of the latest run's workflow filters."""
         from curation.stats import compute
         s = compute(store)
-        con = Console()
+        con = console()
         t = Table(title=f"store {store}")
         t.add_column("table")
         t.add_column("rows", justify="right")
@@ -72,10 +74,10 @@ def register(app: typer.Typer) -> None:
             con.print("no errors")
         if s.get("funnel"):
             f = Table(title=f"clip funnel (workflow {s['workflow']!r}, run {s['run_id']})")
-            f.add_column("stage", no_wrap=True)
-            f.add_column("where", no_wrap=True, overflow="ellipsis", max_width=44)
+            f.add_column("stage", no_wrap=True, min_width=17)
+            f.add_column("where", no_wrap=True, overflow="ellipsis", max_width=48)
             for c in ("removed", "remaining", "kept %"):
-                f.add_column(c, justify="right", no_wrap=True)
+                f.add_column(c, justify="right", no_wrap=True, min_width=len(c))
             total = s["funnel"][0]["remaining"] or 1
             for row in s["funnel"]:
                 f.add_row(row["stage"], row["where"],
@@ -94,7 +96,7 @@ def register(app: typer.Typer) -> None:
         """Every field of one clip, video or track, readable."""
         from curation.stats import find_row
         table, row, extra = find_row(store, id)
-        con = Console()
+        con = console()
         t = Table(title=f"{table} {row.get(_key(table))}", show_header=False)
         t.add_column("field", style="bold")
         t.add_column("value", overflow="fold")
@@ -130,7 +132,7 @@ def register(app: typer.Typer) -> None:
             view.add_column(c)
         for r in rows:
             view.add_row(r["table"], r["column"], r["type"], r["writer"])
-        Console().print(view)
+        console().print(view)
 
 
 def _key(table: str) -> str:

@@ -6,6 +6,8 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+
+from curation.cli.common import console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -57,7 +59,7 @@ def register(app: typer.Typer) -> None:
             summary = Runner(wf, st, model_dir=models, workers=workers, flush_every=flush_every,
                              executor="local" if local else "ray",
                              progress=on_progress).run(inputs, from_step=from_step)
-        out = Console()
+        out = console()
         table = Table(title=f"run {summary.run_id}: {wf.name}, {summary.videos} videos, "
                             f"{summary.seconds:.1f} s")
         for col in ("step", "op", "done", "skipped", "rows out", "failed videos", "failed rows", "s"):

@@ -6,6 +6,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from curation.cli.common import console
+
 
 def register(app: typer.Typer) -> None:
     @app.command("sample")
@@ -20,7 +22,7 @@ def register(app: typer.Typer) -> None:
         """For each sampled clip write CLIP.png (contact sheet), CLIP.mp4 and CLIP.json into OUT."""
         from curation.audit import sample_clips
         written = sample_clips(store, where=where, n=n, out_dir=out, seed=seed, n_frames=frames)
-        con = Console()
+        con = console()
         for w in written:
             con.print(f"{w['clip_id']}: {w['png']}  {w['mp4']}  {w['json']}"
                       + (f"  [yellow]({w['warning']})" if w.get("warning") else ""))
