@@ -42,10 +42,10 @@ def register(app: typer.Typer) -> None:
             raise InvalidWorkflow(f"invalid workflow: {e}") from None
         if from_step and from_step not in wf.by_name:
             raise InvalidWorkflow(f"--from: no step {from_step!r}; steps: {', '.join(wf.by_name)}")
-        console = Console(stderr=True)
+        progress_console = Console(stderr=True)
         st = Store(store)
         with Progress(TextColumn("[bold]{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=False) as progress:
+                      TimeElapsedColumn(), console=progress_console, transient=False) as progress:
             tasks: dict[str, int] = {}
 
             def on_progress(step: str, done: int, total: int) -> None:
