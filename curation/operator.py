@@ -16,7 +16,9 @@ An operator is a small class. It declares:
 - ``frames``: a :class:`~curation.media.FrameSpec` when it consumes decoded frames. Frame operators
   implement ``process_row(video, row, frames)``; adjacent frame steps share one decode of each span;
 - ``needs_model``: True when ``setup()`` loads weights from the model directory (actor pool, loaded
-  once per worker).
+  once per worker);
+- ``inline``: True for operators that only compute over metadata (no media, microseconds per
+  video): the driver runs them itself, since shipping them to Ray costs more than the work.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ class Operator:
     resources: ClassVar[Resources] = Resources()
     frames: ClassVar[FrameSpec | None] = None
     needs_model: ClassVar[bool] = False
+    inline: ClassVar[bool] = False
 
     def __init__(self, model_dir: str | None = None, **params):
         unknown = sorted(set(params) - set(self.params))

@@ -324,7 +324,8 @@ class Runner:
                  for vid in pending if children[vid] or table == "videos"]
         no_rows = [vid for vid in pending if not children[vid] and table != "videos"]
         t0 = time.perf_counter()
-        mapper = _ray_map if self.executor == "ray" else _local_map
+        inline = all(s.op_cls.inline for s in stage)
+        mapper = _ray_map if self.executor == "ray" and not inline else _local_map
         buffer: list[tuple[str, list[StepResult]]] = []
         got: set[str] = set()
         done = 0

@@ -21,6 +21,7 @@ class ClipSpeech(Operator):
         pa.field("has_audio", pa.bool_()),
     ])
     resources = Resources(num_cpus=0.25)
+    inline = True  # metadata only: the driver runs it
 
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
         segs = video.get("speech_segments") or []

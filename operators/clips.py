@@ -37,6 +37,7 @@ class Clips(Operator):
     writes = pa.schema([CLIPS.field(c) for c in _COLUMNS])
     params = {"min_duration_s": 1.0, "max_duration_s": 10.0, "trim_s": 0.1}
     resources = Resources(num_cpus=0.25)
+    inline = True  # metadata only: the driver runs it
 
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
         out = []
