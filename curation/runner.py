@@ -163,7 +163,10 @@ def init_ray(workers: int | None = None) -> None:
 
 def _ray_map(items: list[dict], stage: list[Step], model_dir: str | None, workers: int,
              table: str) -> Iterable[tuple[str, list[StepResult]]]:
+    import logging
+
     import ray.data
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
