@@ -249,9 +249,12 @@ class Runner:
         if self.executor == "ray" and video_ids:
             init_ray(self.workers)
         touched: dict[str, set[str]] = {}  # step -> videos it (re)processed in this run
-        for stage in self.wf.stages():
-            summaries = self._run_stage(stage, video_ids, forced, touched, run_id)
-            summary.steps.extend(summaries)
+        try:
+            for stage in self.wf.stages():
+                summary.steps.extend(self._run_stage(stage, video_ids, forced, touched, run_id))
+        except BaseException:  # an interrupted or broken run says so (a killed one stays "running")
+            self.store.upsert("runs", [{"run_id": run_id, "finished_at": now(), "status": "failed"}])
+            raise
         for table in self.store.tables():
             self.store.optimize_indices(table)
         self.store.tag(run_id)
@@ -262,15 +265,25 @@ class Runner:
     # which videos a stage must process
     def _pending(self, step: Step, video_ids: list[str], forced: set[str],
                  touched: dict[str, set[str]]) -> list[str]:
+        """Videos this step must (re)process: not done yet, done by another operator version or
+        parameters, forced by --from, or whose input changed (an upstream step ran again for it,
+        in this run or after this step last ran, e.g. in a run killed in between)."""
         op = step.make()
         ancestors = self.wf.ancestors(step.name)
         videos = {r["video_id"]: r for r in self._rows("videos", video_ids,
                                                        ["video_id", "error_stage"])}
-        status = {}
+        mine: dict[str, dict] = {}
+        upstream_at: dict[str, object] = {}
         if self.store.exists("status"):
-            t = self.store.query("status", where=f"step = {sql_quote(step.name)}",
-                                 columns=["video_id", "op_version", "params_hash", "ok"])
-            status = {r["video_id"]: r for r in t.to_pylist()}
+            steps = ", ".join(sql_quote(n) for n in {step.name, *ancestors})
+            t = self.store.query("status", where=f"step IN ({steps})", columns=[
+                "step", "video_id", "op_version", "params_hash", "updated_at"])
+            for r in t.to_pylist():
+                if r["step"] == step.name:
+                    mine[r["video_id"]] = r
+                elif r["updated_at"] and (r["video_id"] not in upstream_at
+                                          or r["updated_at"] > upstream_at[r["video_id"]]):
+                    upstream_at[r["video_id"]] = r["updated_at"]
         dirty = set().union(*(touched.get(a, set()) for a in ancestors)) if ancestors else set()
         pending = []
         for vid in video_ids:
@@ -279,9 +292,10 @@ class Runner:
                 continue
             if v["error_stage"] in ancestors:  # an upstream step failed on this video
                 continue
-            s = status.get(vid)
+            s = mine.get(vid)
             done = (s is not None and s["op_version"] == op.version
-                    and s["params_hash"] == op.params_hash())
+                    and s["params_hash"] == op.params_hash()
+                    and (vid not in upstream_at or s["updated_at"] >= upstream_at[vid]))
             if step.name in forced or vid in dirty or not done:
                 pending.append(vid)
         return pending
@@ -297,11 +311,11 @@ class Runner:
         return out
 
     def _readable_columns(self, table: str) -> list[str]:
-        from schemas import TABLES  # blobs and long per-frame lists are not shipped to workers
-        schema = self.store.schema(table)
-        return [f.name for f in schema
+        """The columns shipped to workers: all but blobs (images, audio), which operators that
+        need them read from the store themselves."""
+        return [f.name for f in self.store.schema(table)
                 if not (f.metadata and f.metadata.get(b"lance-encoding:blob"))
-                and not pa.types.is_large_binary(f.type)] if table in TABLES else schema.names
+                and not pa.types.is_large_binary(f.type)]
 
     def _run_stage(self, stage: list[Step], video_ids, forced, touched, run_id) -> list[StepSummary]:
         sums = {s.name: StepSummary(s.name, s.op) for s in stage}

@@ -1,0 +1,75 @@
+"""Runner bookkeeping (in-process executor, no Ray): resume, staleness, per-row errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from curation.runner import Runner
+from curation.store import Store
+from curation.workflow import load
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS_ONLY = """
+name: shots_only
+steps:
+  - {name: probe, op: probe}
+  - {name: shots, op: shots, after: [probe]}
+"""
+CLIPS = SHOTS_ONLY + """
+  - {name: clips, op: clips, after: [shots]}
+"""
+
+
+def _run(store, text, inputs, **kw):
+    return Runner(load(text), store, executor="local").run([str(i) for i in inputs], **kw)
+
+
+def _done(summary, step):
+    return next(s for s in summary.steps if s.step == step).done
+
+
+def test_a_step_reruns_when_its_input_changed_after_it_ran(tmp_path, media):
+    st = Store(str(tmp_path / "s"))
+    clip = media / "fr_short_hamilton_clip.mp4"
+    first = _run(st, CLIPS, [clip])
+    assert _done(first, "clips") == 1 and st.count("clips") == 3
+    # shots run again on their own (as in a run killed after shots, before clips) ...
+    assert _done(_run(st, SHOTS_ONLY, [clip], from_step="shots"), "shots") == 1
+    # ... so the next full run redoes clips, though clips' own status says "done"
+    again = _run(st, CLIPS, [clip])
+    assert _done(again, "shots") == 0 and _done(again, "clips") == 1
+    assert st.count("clips") == 3
+    assert _done(_run(st, CLIPS, [clip]), "clips") == 0       # and then it is up to date
+
+
+def test_changed_parameters_rerun_the_step_and_downstream(tmp_path, media):
+    st = Store(str(tmp_path / "s"))
+    clip = media / "fr_short_hamilton_clip.mp4"
+    _run(st, CLIPS, [clip])
+    stricter = CLIPS.replace("{name: clips, op: clips, after: [shots]}",
+                             "{name: clips, op: clips, after: [shots], params: {min_duration_s: 2.0}}")
+    s = _run(st, stricter, [clip])
+    assert _done(s, "shots") == 0 and _done(s, "clips") == 1
+    assert st.count("clips") == 1       # only the 4.3 s shot is >= 2 s after trimming
+
+
+def test_failed_upstream_step_skips_downstream_steps(tmp_path, bad_inputs, media):
+    st = Store(str(tmp_path / "s"))
+    s = _run(st, CLIPS, [bad_inputs["text"], media / "pf_single_face.mp4"])
+    probe = next(x for x in s.steps if x.step == "probe")
+    assert probe.failed_videos == 1 and probe.done == 2
+    assert _done(s, "shots") == 1 and next(x for x in s.steps if x.step == "shots").skipped == 1
+    status = st.query("status", where="ok = false").to_pylist()
+    assert [(r["step"], r["error"][:25]) for r in status] == [("probe", "not a readable media file")]
+
+
+def test_run_is_recorded_and_tagged(tmp_path, media):
+    st = Store(str(tmp_path / "s"))
+    s = _run(st, CLIPS, [media / "pf_single_face.mp4"])
+    run = st.query("runs").to_pylist()[0]
+    assert run["run_id"] == s.run_id and run["status"] == "completed" and "shots_only" in run["workflow_yaml"]
+    for table in ("videos", "shots", "clips"):
+        assert s.run_id in st.tags(table)
+    with pytest.raises(ValueError, match="no step 'nope'"):
+        _run(st, CLIPS, [media / "pf_single_face.mp4"], from_step="nope")
