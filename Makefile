@@ -3,6 +3,9 @@
 #                 media into ./demo_store on a local Ray instance, print `curation stats`
 #   make test   - same set-up, then the whole test suite (slow tests included)
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip warns about every package missing from this machine's extra local indexes: hide that noise only
+QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -23,9 +26,9 @@ system:
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 $(QUIET_PIP)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock $(QUIET_PIP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e . $(QUIET_PIP)
 	@touch $@
 
 demo: env
