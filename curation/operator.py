@@ -102,6 +102,7 @@ class StepResult:
     rows: pa.Table | None = None      # the output rows (annotations keyed, or emitted rows)
     error: str | None = None          # a failure of the whole video for this step
     seconds: float = 0.0
+    marks: list[dict] | None = None   # input rows whose error this step sets or clears (key + error)
 
 
 def one_line(e: BaseException) -> str:
@@ -110,24 +111,28 @@ def one_line(e: BaseException) -> str:
     return msg if isinstance(e, (MediaError, OperatorError)) else f"{type(e).__name__}: {msg}"
 
 
-def _to_table(op: Operator, out: list[dict], keys: list[dict], step: str) -> pa.Table:
-    declared = set(op.writes.names) | {"error", "error_stage"}
-    for d in out:
-        extra = set(d) - declared - set(keys[0] if keys else {})
+def _to_table(op: Operator, out: list[dict], keys: list[dict]) -> tuple[pa.Table, list[dict]]:
+    """Check ``out`` against the declared schema; return the table of values (with the keys of
+    annotated rows) and the error marks (rows that set or clear their ``error``), kept apart so
+    that writing one step's values never touches an error another step recorded."""
+    declared = set(op.writes.names)
+    key_names = set(keys[0]) if keys else set()
+    marks = []
+    for i, d in enumerate(out):
+        extra = set(d) - declared - key_names - {"error", "error_stage"}
         if extra:
             raise OperatorError(f"operator {op.name!r} returned undeclared column(s) "
                                 f"{', '.join(sorted(extra))}")
-    schema = op.writes
-    for name in ("error", "error_stage"):
-        if name not in schema.names:
-            schema = schema.append(pa.field(name, pa.string()))
-    body = pa.Table.from_pylist([{n: d.get(n) for n in schema.names} for d in out], schema=schema)
+        if "error" in d and keys:
+            marks.append({**keys[i], "error": d["error"], "error_stage": d.get("error_stage")})
+    body = pa.Table.from_pylist([{n: d.get(n) for n in op.writes.names} for d in out],
+                                schema=op.writes)
     if keys:
         key_table = pa.Table.from_pylist(keys)
         for name in key_table.column_names:
             if name not in body.column_names:
                 body = body.append_column(name, key_table[name])
-    return body
+    return body, marks
 
 
 def key_of(row: dict, key: tuple[str, ...]) -> dict:
@@ -148,16 +153,16 @@ def run_steps_on_video(steps: list[tuple[str, Operator]], video: dict, rows: lis
         try:
             out = op.process(video, rows)
             if op.emits:
-                table = _to_table(op, out, [], step)
+                table, marks = _to_table(op, out, [])
             else:
                 if len(out) != len(rows):
                     raise OperatorError(f"operator {op.name!r} returned {len(out)} rows for "
                                         f"{len(rows)} input rows")
                 out = [{**d, "error": None, "error_stage": None} if r.get("error_stage") == step else d
                        for d, r in zip(out, rows)]
-                table = _to_table(op, out, [key_of(r, keys) for r in rows], step)
+                table, marks = _to_table(op, out, [key_of(r, keys) for r in rows])
             return [StepResult(step, video["video_id"], rows=table,
-                               seconds=time.perf_counter() - t0)]
+                               seconds=time.perf_counter() - t0, marks=marks)]
         except Exception as e:  # noqa: BLE001 - recorded on the row, never fatal for the run
             return [StepResult(step, video["video_id"], error=one_line(e),
                                seconds=time.perf_counter() - t0)]
@@ -208,8 +213,8 @@ def _run_frame_group(steps, video, rows, keys) -> list[StepResult]:
         # decode time is shared: each step is charged its share
         seconds = secs[step] + decode_s / len(steps)
         try:
-            results.append(StepResult(step, video["video_id"], _to_table(op, outs[step], key_rows, step),
-                                      seconds=seconds))
+            table, marks = _to_table(op, outs[step], key_rows)
+            results.append(StepResult(step, video["video_id"], table, seconds=seconds, marks=marks))
         except Exception as e:  # noqa: BLE001
             results.append(StepResult(step, video["video_id"], error=one_line(e), seconds=seconds))
     return results

@@ -133,7 +133,7 @@ def _pack(r: StepResult) -> StepResult:
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, r.rows.schema) as w:
             w.write_table(r.rows)
-        r = StepResult(r.step, r.video_id, sink.getvalue(), r.error, r.seconds)
+        r = StepResult(r.step, r.video_id, sink.getvalue(), r.error, r.seconds, r.marks)
     return r
 
 
@@ -403,8 +403,9 @@ class Runner:
                         t = r.rows.append_column("run_id", pa.array([run_id] * r.rows.num_rows, pa.string()))
                         outputs.append(t)
                         s.rows += t.num_rows
-                        if "error_stage" in t.column_names:
-                            s.failed_rows += sum(1 for st in t["error_stage"].to_pylist() if st == r.step)
+                    for m in r.marks or []:   # rows this step failed on, or no longer fails on
+                        marks.append({**m, "run_id": run_id})
+                        s.failed_rows += m["error"] is not None
                 s.done += 1
                 status.append({"step": r.step, "video_id": vid, "op": cls.name,
                                "op_version": cls.version, "params_hash": op.params_hash(),

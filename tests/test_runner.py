@@ -73,3 +73,41 @@ def test_run_is_recorded_and_tagged(tmp_path, media):
         assert s.run_id in st.tags(table)
     with pytest.raises(ValueError, match="no step 'nope'"):
         _run(st, CLIPS, [media / "pf_single_face.mp4"], from_step="nope")
+
+
+def test_one_steps_row_error_is_not_cleared_by_another_step(tmp_path, media):
+    """Framework contract: a frame operator failing on one clip marks that clip only, and the values
+    another step writes to the same clip leave that error in place."""
+    import pyarrow as pa
+
+    from curation.media import FrameSpec
+    from curation.operator import Operator
+    from operators import REGISTRY
+
+    class FailsOnFirstClip(Operator):   # a test double of a frame operator, registered only here
+        name = "fails_on_first_clip"
+        input_table = output_table = "clips"
+        frames = FrameSpec(fps=1.0, max_side=64)
+        writes = pa.schema([pa.field("mean_luma", pa.float64())])
+
+        def process_row(self, video, row, frames):
+            if row["clip_index"] == 0 and row["shot_index"] == 1:
+                raise RuntimeError("boom on the first clip")
+            return {"mean_luma": float(frames.images.mean())}
+
+    registry = {**REGISTRY, FailsOnFirstClip.name: FailsOnFirstClip}
+    text = CLIPS + """
+  - {name: failing, op: fails_on_first_clip, after: [clips]}
+  - {name: quality, op: quality, after: [clips]}
+"""
+    st = Store(str(tmp_path / "s"))
+    wf = load(text, registry=registry)
+    assert [s.name for s in wf.stages()[-1]] == ["failing", "quality"]   # fused: one decode
+    s = Runner(wf, st, executor="local").run([str(media / "fr_short_hamilton_clip.mp4")])
+    failing = next(x for x in s.steps if x.step == "failing")
+    assert failing.failed_rows == 1 and failing.failed_videos == 0
+    rows = {(r["shot_index"], r["clip_index"]): r for r in st.query("clips").to_pylist()}
+    bad = rows[(1, 0)]
+    assert bad["error"] == "RuntimeError: boom on the first clip" and bad["error_stage"] == "failing"
+    assert bad["mean_luma"] is None and bad["sharpness"] is not None   # quality still scored it
+    assert all(r["error"] is None and r["mean_luma"] > 0 for k, r in rows.items() if k != (1, 0))
