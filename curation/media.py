@@ -149,9 +149,10 @@ def probe(path: str) -> dict:
     }
 
 
-def check_decodable(path: str, duration_s: float) -> None:
-    """Decode a frame at the start and one near the end; a truncated or corrupt stream fails here."""
-    for t in (0.0, max(0.0, duration_s - 0.5)):
+def check_decodable(path: str, duration_s: float, fps: float = 25.0) -> None:
+    """Decode a frame at the start and one near the end (half a second plus two frame intervals
+    before it, so that 1 fps video has a frame there); a truncated or corrupt stream fails here."""
+    for t in (0.0, max(0.0, duration_s - 0.5 - 2.0 / max(fps, 0.1))):
         cmd = ["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{t:.3f}", "-i", path, "-map", "0:v:0",
                "-frames:v", "1", "-vf", "scale=16:16", "-pix_fmt", "gray", "-f", "rawvideo", "-"]
         r = subprocess.run(cmd, capture_output=True)

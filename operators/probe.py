@@ -28,5 +28,5 @@ class Probe(Operator):
         with local_path(video["uri"]) as path:
             info = probe(path)
             if self.p["check_decode"]:
-                check_decodable(path, info["duration_s"])
+                check_decodable(path, info["duration_s"], info["fps"])
         return [info]

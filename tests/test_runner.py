@@ -111,3 +111,35 @@ def test_one_steps_row_error_is_not_cleared_by_another_step(tmp_path, media):
     assert bad["error"] == "RuntimeError: boom on the first clip" and bad["error_stage"] == "failing"
     assert bad["mean_luma"] is None and bad["sharpness"] is not None   # quality still scored it
     assert all(r["error"] is None and r["mean_luma"] > 0 for k, r in rows.items() if k != (1, 0))
+
+
+def test_odd_inputs_each_end_as_a_row(tmp_path, media):
+    """1 fps, 120 fps, 16x16 pixels, 2 frames, 0.2 s and VP9/Opus in WebM: no crash, sensible rows."""
+    import subprocess
+    src = str(media / "vr_face1.mp4")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    variants = {"one_fps.mp4": ["-vf", "fps=1", "-c:a", "copy"],
+                "fps120.mp4": ["-vf", "fps=120", "-t", "3"],
+                "tiny16.mp4": ["-vf", "scale=16:16", "-t", "3"],
+                "two_frames.mp4": ["-frames:v", "2", "-an"],
+                "short.mp4": ["-t", "0.2"],
+                "vp9.webm": ["-t", "3", "-c:v", "libvpx-vp9", "-b:v", "200k", "-c:a", "libopus"]}
+    for name, args in variants.items():
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", src, *args, str(odd / name)],
+                       check=True)
+    st = Store(str(tmp_path / "s"))
+    text = CLIPS + "  - {name: quality, op: quality, after: [clips]}\n" \
+                   "  - {name: temporal, op: temporal, after: [clips]}\n"
+    Runner(load(text), st, executor="local").run([str(odd)])
+    videos = {Path(v["uri"]).name: v for v in st.query("videos").to_pylist()}
+    assert set(videos) == set(variants)
+    assert all(v["error"] is None for v in videos.values()), {k: v["error"] for k, v in videos.items()}
+    assert videos["one_fps.mp4"]["fps"] == pytest.approx(1.0) and videos["fps120.mp4"]["fps"] == 120
+    assert videos["two_frames.mp4"]["num_frames"] == 2 and videos["vp9.webm"]["video_codec"] == "vp9"
+    clips = {c["video_id"]: c for c in st.query("clips").to_pylist()}
+    # clips need >= 1 s: the 2-frame and the 0.2 s videos have none; the others one each, scored
+    assert {n for n, v in videos.items() if v["video_id"] in clips} == \
+        {"one_fps.mp4", "fps120.mp4", "tiny16.mp4", "vp9.webm"}
+    for c in clips.values():
+        assert c["error"] is None and c["sharpness"] is not None and c["jump_count"] is not None
