@@ -166,7 +166,7 @@ def _ray_map(items: list[dict], stage: list[Step], model_dir: str | None, worker
     import logging
 
     import ray.data
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -177,15 +177,30 @@ def _ray_map(items: list[dict], stage: list[Step], model_dir: str | None, worker
     num_gpus = max(r.num_gpus for r in req)
     memory = max((r.memory_mb or 0) for r in req) * 2**20 or None
     ds = ray.data.from_items(items, override_num_blocks=len(items))
+    workers = max(1, min(workers, len(items)))  # no idle actors for a handful of videos
     stateful = any(s.op_cls.needs_model for s in stage)
     common = dict(batch_size=1, num_cpus=num_cpus, num_gpus=num_gpus or None, memory=memory,
                   batch_format="numpy")
-    if stateful:
-        ds = ds.map_batches(StageWorker, fn_constructor_args=(specs, model_dir, table),
-                            compute=ray.data.ActorPoolStrategy(size=max(1, workers)), **common)
-    else:
-        ds = ds.map_batches(_stage_task, fn_kwargs=dict(specs=specs, model_dir=model_dir, table=table),
-                            compute=ray.data.TaskPoolStrategy(size=max(1, workers)), **common)
+    # A worker that dies on a video (a native decoder crash, out of memory) must cost that video,
+    # not the run: Ray Data retries map tasks forever and restarts actors by default. Bound both
+    # (one retry for tasks, in case the death came from elsewhere; no restart for actors, each
+    # holding one video at a time so that a death loses no queued one); the lost block then becomes
+    # an error row ("worker crashed ..."). Ray 2.60 has no named parameter for these yet
+    # (ray_remote_args_fn is marked deprecated for 2.64).
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if stateful:
+            ds = ds.map_batches(StageWorker, fn_constructor_args=(specs, model_dir, table),
+                                compute=ray.data.ActorPoolStrategy(size=workers,
+                                                                   max_tasks_in_flight_per_actor=1),
+                                ray_remote_args_fn=lambda: {"max_restarts": 0, "max_task_retries": 0},
+                                **common)
+        else:
+            ds = ds.map_batches(_stage_task, fn_kwargs=dict(specs=specs, model_dir=model_dir,
+                                                            table=table),
+                                compute=ray.data.TaskPoolStrategy(size=workers),
+                                ray_remote_args_fn=lambda: {"max_retries": 1}, **common)
     for row in ds.iter_rows():
         yield row["video_id"], [_unpack(r) for r in pickle.loads(row["result"])]
 
