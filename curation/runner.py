@@ -377,11 +377,16 @@ class Runner:
                 buffer, last_flush = [], time.perf_counter()
             self.progress(label, done, len(pending))
         self._flush(stage, buffer, videos, children, run_id, sums)
-        for vid in pending:
-            if vid not in got:  # a worker crashed on it (e.g. a decoder segfault)
-                lost = [StepResult(s.name, vid, error="worker crashed while processing this video")
-                        for s in stage]
-                self._flush(stage, [(vid, lost)], videos, children, run_id, sums)
+        # Videos whose worker died (a decoder segfault, the OOM killer) have no result. A death can
+        # also take a video that merely shared the worker, so each lost video gets one more try on
+        # its own; one that is lost again is the culprit and gets the error.
+        by_vid = {item["video_id"]: item for item in items}
+        for vid in [v for v in pending if v not in got and v in by_vid]:
+            retry = list(mapper([by_vid[vid]], stage, self.model_dir, 1, table))
+            results = retry[0][1] if retry else [
+                StepResult(s.name, vid, error="worker crashed while processing this video")
+                for s in stage]
+            self._flush(stage, [(vid, results)], videos, children, run_id, sums)
         for s in stage:
             touched.setdefault(s.name, set()).update(pending_by_step[s.name])
             sums[s.name].seconds = time.perf_counter() - t0
