@@ -26,10 +26,6 @@ class StoreError(RuntimeError):
     pass
 
 
-def _is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
-
-
 def sql_quote(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
@@ -38,8 +34,7 @@ class Store:
     def __init__(self, uri: str, storage_options: dict | None = None):
         self.uri = uri.rstrip("/")
         self.storage_options = storage_options or _storage_options_from_env(self.uri)
-        if not _is_remote(self.uri):
-            os.makedirs(self.uri, exist_ok=True)
+        # nothing is created until the first write (reading a wrong path must not make a store)
 
     # ---- paths and opening ------------------------------------------------------------------------
     def table_uri(self, table: str) -> str:

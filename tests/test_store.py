@@ -1,8 +1,6 @@
 """The Lance store: upserts, data evolution, queries, tags and indices."""
 from __future__ import annotations
 
-import lance
-import pyarrow as pa
 import pytest
 
 from curation.store import Store, StoreError

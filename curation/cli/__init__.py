@@ -11,12 +11,11 @@ from curation.cli import inspect, run, sample
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Curate human-centric video into training data: run workflows into a Lance "
                        "store, query it, audit it.")
-STATE = {"debug": False}
 
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")):
-    STATE["debug"] = debug
+    """(--debug is read by main(), which turns errors into one line unless it is given.)"""
 
 
 run.register(app)
@@ -24,15 +23,11 @@ inspect.register(app)
 sample.register(app)
 
 
-class CliError(Exception):
-    """An error the user can fix; printed as one line."""
-
-
 def main() -> None:
     debug = "--debug" in sys.argv or os.environ.get("CURATION_DEBUG") == "1"
     try:
         app(standalone_mode=False)
-    except SystemExit as e:
+    except SystemExit:
         raise
     except typer.Exit as e:
         sys.exit(e.exit_code)
