@@ -5,6 +5,8 @@ Writes speech segments and the speech ratio of each video. Videos without an aud
 """
 from __future__ import annotations
 
+import math
+
 import pyarrow as pa
 
 from curation.media import load_audio, local_path
@@ -38,8 +40,8 @@ class Audio(Operator):
         self._torch = torch
         self._model = load_silero_vad()      # TorchScript model bundled in the wheel: no download
         self._timestamps = get_speech_timestamps
-        import silero_vad
-        self._backend = f"silero-vad {getattr(silero_vad, '__version__', '6.2.3')} (jit)"
+        from importlib.metadata import version
+        self._backend = f"silero-vad {version('silero-vad')} (jit, bundled model)"
 
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
         if not video.get("has_audio"):
@@ -62,7 +64,6 @@ class Audio(Operator):
         segments = [{"start_s": s["start"] / SAMPLE_RATE, "end_s": s["end"] / SAMPLE_RATE} for s in stamps]
         speech = sum(s["end_s"] - s["start_s"] for s in segments)
         rms = float((wav.astype("float64") ** 2).mean() ** 0.5)
-        import math
         return [{"speech_segments": segments, "speech_ratio": min(1.0, speech / duration) if duration else 0.0,
                  "speech_s": speech, "has_speech": bool(segments),
                  "audio_rms_db": 20 * math.log10(rms) if rms > 0 else -120.0,
