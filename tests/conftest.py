@@ -48,6 +48,7 @@ def ray_session():
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
+    ray.shutdown()  # before pytest's summary, so Ray's exit messages do not follow it
 
 
 def frames_of(path: Path, start_s: float = 0.0, end_s: float = 1e9, fps=None, max_side=480,
