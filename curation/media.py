@@ -251,22 +251,28 @@ def resize_batch(images: np.ndarray, max_side: int) -> np.ndarray:
 class VideoDecoder:
     """One decord reader per video: frame times once, then spans decoded at a given spec."""
 
-    def __init__(self, path: str, rotation: int = 0, max_side: int = 480):
+    def __init__(self, path: str, rotation: int = 0, max_side: int = 480,
+                 display_size: tuple[int | None, int | None] = (None, None)):
         import decord
         self._decord = decord
-        try:
-            probe_reader = decord.VideoReader(path, num_threads=1)
-            # decord2 applies the display matrix itself: frames come out in display orientation and
-            # width/height below are display sizes (tests/test_media.py checks a rotated file)
-            h, w = probe_reader[0].shape[:2] if len(probe_reader) else (0, 0)
-        except decord.DECORDError as e:
-            raise MediaError(f"decoder cannot open the video: {str(e).splitlines()[0]}") from None
-        del probe_reader
+        # decord2 applies the display matrix itself: frames come out in display orientation and
+        # width/height below are display sizes (tests/test_media.py checks a rotated file)
+        w, h = display_size
+        if not (w and h):  # not probed yet: ask the decoder
+            try:
+                probe_reader = decord.VideoReader(path, num_threads=1)
+                h, w = probe_reader[0].shape[:2] if len(probe_reader) else (0, 0)
+            except decord.DECORDError as e:
+                raise MediaError(f"decoder cannot open the video: {str(e).splitlines()[0]}") from None
+            del probe_reader
         scale = min(1.0, max_side / max(h, w)) if h and w else 1.0
         # decord resizes inside the decoder: keep even sizes
         self.width = max(2, int(round(w * scale / 2) * 2))
         self.height = max(2, int(round(h * scale / 2) * 2))
-        self.reader = decord.VideoReader(path, width=self.width, height=self.height, num_threads=1)
+        try:
+            self.reader = decord.VideoReader(path, width=self.width, height=self.height, num_threads=1)
+        except decord.DECORDError as e:
+            raise MediaError(f"decoder cannot open the video: {str(e).splitlines()[0]}") from None
         self.rotation = rotation  # informational: decord already rotated the frames
         self.path = path
         self.backend = "decord"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -176,7 +175,8 @@ def _run_frame_group(steps, video, rows, keys) -> list[StepResult]:
     t0 = time.perf_counter()
     try:
         with local_path(video["uri"]) as path:
-            decoder = VideoDecoder(path, rotation=video.get("rotation") or 0, max_side=spec.max_side)
+            decoder = VideoDecoder(path, rotation=video.get("rotation") or 0, max_side=spec.max_side,
+                                   display_size=(video.get("width"), video.get("height")))
             decode_s = time.perf_counter() - t0
             for row in rows:
                 start = row.get("start_s", 0.0) or 0.0
@@ -200,16 +200,13 @@ def _run_frame_group(steps, video, rows, keys) -> list[StepResult]:
                             d = {**d, "error": None, "error_stage": None}
                         outs[step].append(d)
                     except Exception as e:  # noqa: BLE001
-                        outs[step].append({"error": one_line(e), "error_stage": step,
-                                           "_trace": traceback.format_exc(limit=3)})
+                        outs[step].append({"error": one_line(e), "error_stage": step})
                     secs[step] += time.perf_counter() - t
     except Exception as e:  # noqa: BLE001 - the video could not be opened for decoding
         return [StepResult(step, video["video_id"], error=one_line(e)) for step, _ in steps]
     results = []
     key_rows = [key_of(r, keys) for r in rows]
     for step, op in steps:
-        for d in outs[step]:
-            d.pop("_trace", None)
         # decode time is shared: each step is charged its share
         seconds = secs[step] + decode_s / len(steps)
         try:

@@ -59,7 +59,9 @@ def test_rotation_metadata_is_applied(media, tmp_path):
     assert info["rotation"] in (90, 270)
     assert (info["width"], info["height"]) == (360, 640)   # 640x360 coded, shown portrait
     frames = VideoDecoder(str(rotated), rotation=info["rotation"], max_side=320).span(0, 0.5)
-    assert frames.images.shape[1] > frames.images.shape[2]  # decoded frames are portrait too
+    assert frames.images.shape[1:3] == (320, 180)            # decoded frames are portrait too
+    known = VideoDecoder(str(rotated), max_side=320, display_size=(info["width"], info["height"]))
+    assert known.span(0, 0.5).images.shape[1:3] == (320, 180)  # as a run opens it (probed size)
 
 
 def test_decoder_spans_and_sampling(media):
