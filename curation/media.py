@@ -203,24 +203,30 @@ def extract_wav(path: str, out_path: str, sample_rate: int = 16000) -> str:
 # ---- frames ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FrameSpec:
-    """What a frame operator needs: sampling rate (None = every frame) and the long side in pixels."""
+    """What a frame operator needs: sampling rate (None = every frame) and the long side in pixels
+    (None = the video's own size, for operators that crop small regions such as faces)."""
     fps: float | None = 2.0
-    max_side: int = 480
+    max_side: int | None = 480
 
     @staticmethod
     def union(specs: list["FrameSpec"]) -> "FrameSpec":
         fpss = [s.fps for s in specs]
+        sides = [s.max_side for s in specs]
         return FrameSpec(fps=None if any(f is None for f in fpss) else max(fpss),
-                         max_side=max(s.max_side for s in specs))
+                         max_side=None if any(m is None for m in sides) else max(sides))
 
 
 @dataclass
 class Frames:
-    """Decoded RGB frames of one time span: ``images`` (N, H, W, 3) uint8 and their ``times`` (s)."""
+    """Decoded RGB frames of one time span: ``images`` (N, H, W, 3) uint8 and their ``times`` (s).
+
+    ``scale`` is the decoded size over the displayed size of the video: a box in display pixels
+    (as stored in the tables) is ``box * scale`` in these images (see :func:`crop_boxes`)."""
     images: np.ndarray
     times: np.ndarray
     fps: float                      # native average frame rate of the video
     indices: np.ndarray = field(default=None)  # frame numbers in the video
+    scale: float = 1.0
 
     def __len__(self) -> int:
         return len(self.times)
@@ -229,15 +235,44 @@ class Frames:
         """A view at a lower sampling rate and/or a smaller size (one decode serves several specs)."""
         keep = _thin(self.times, fps, self.fps)
         images = self.images[keep]
+        scale = self.scale
         if max_side is not None and images.size and max(images.shape[1:3]) > max_side:
             images = resize_batch(images, max_side)
+            scale = self.scale * images.shape[2] / self.images.shape[2]
         return Frames(images=images, times=self.times[keep], fps=self.fps,
-                      indices=None if self.indices is None else self.indices[keep])
+                      indices=None if self.indices is None else self.indices[keep], scale=scale)
 
     def gray(self) -> np.ndarray:
         import cv2
         return np.stack([cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in self.images]) \
             if len(self) else np.zeros((0,) + self.images.shape[1:3], np.uint8)
+
+
+def crop_boxes(images: np.ndarray, boxes: np.ndarray, size: int | tuple[int, int],
+               scale: float = 1.0, expand: float = 1.0, pad_value: int = 0) -> np.ndarray:
+    """Crops of ``images`` (N, H, W, C) at ``boxes`` (N, 4: x1, y1, x2, y2 in display
+    pixels; NaN rows give blank crops), each box grown by ``expand`` around its centre, multiplied
+    by ``scale`` (``Frames.scale``) into image pixels, padded with ``pad_value`` where it leaves the
+    image and resized to ``size`` (an int: square). Returns (N, h, w, C) uint8."""
+    import cv2
+    w_out, h_out = (size, size) if isinstance(size, int) else size
+    out = np.full((len(images), h_out, w_out) + images.shape[3:], pad_value, np.uint8)
+    H, W = images.shape[1:3]
+    for i, (im, box) in enumerate(zip(images, np.asarray(boxes, np.float64))):
+        if not np.all(np.isfinite(box)):
+            continue
+        cx, cy = (box[0] + box[2]) / 2 * scale, (box[1] + box[3]) / 2 * scale
+        hw, hh = (box[2] - box[0]) / 2 * scale * expand, (box[3] - box[1]) / 2 * scale * expand
+        x1, y1, x2, y2 = int(round(cx - hw)), int(round(cy - hh)), int(round(cx + hw)), int(round(cy + hh))
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            continue
+        pad = max(0, -x1, -y1, x2 - W, y2 - H)
+        src = im if pad == 0 else cv2.copyMakeBorder(im, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
+                                                     value=[pad_value] * (im.shape[2] if im.ndim == 3 else 1))
+        patch = src[y1 + pad:y2 + pad, x1 + pad:x2 + pad]
+        out[i] = cv2.resize(patch, (w_out, h_out), interpolation=cv2.INTER_AREA
+                            if patch.shape[1] > w_out else cv2.INTER_LINEAR).reshape(out[i].shape)
+    return out
 
 
 def resize_batch(images: np.ndarray, max_side: int) -> np.ndarray:
@@ -251,7 +286,7 @@ def resize_batch(images: np.ndarray, max_side: int) -> np.ndarray:
 class VideoDecoder:
     """One decord reader per video: frame times once, then spans decoded at a given spec."""
 
-    def __init__(self, path: str, rotation: int = 0, max_side: int = 480,
+    def __init__(self, path: str, rotation: int = 0, max_side: int | None = 480,
                  display_size: tuple[int | None, int | None] = (None, None)):
         import decord
         self._decord = decord
@@ -265,7 +300,7 @@ class VideoDecoder:
             except decord.DECORDError as e:
                 raise MediaError(f"decoder cannot open the video: {str(e).splitlines()[0]}") from None
             del probe_reader
-        scale = min(1.0, max_side / max(h, w)) if h and w else 1.0
+        scale = min(1.0, max_side / max(h, w)) if h and w and max_side else 1.0
         # decord resizes inside the decoder: keep even sizes
         self.width = max(2, int(round(w * scale / 2) * 2))
         self.height = max(2, int(round(h * scale / 2) * 2))
@@ -273,6 +308,7 @@ class VideoDecoder:
             self.reader = decord.VideoReader(path, width=self.width, height=self.height, num_threads=1)
         except decord.DECORDError as e:
             raise MediaError(f"decoder cannot open the video: {str(e).splitlines()[0]}") from None
+        self.scale = self.width / w if w else 1.0  # decoded / displayed size
         self.rotation = rotation  # informational: decord already rotated the frames
         self.path = path
         self.backend = "decord"
@@ -290,13 +326,13 @@ class VideoDecoder:
         idx = np.nonzero((self.times >= start_s - 1e-6) & (self.times < end_s - 1e-6))[0]
         if len(idx) == 0:
             return Frames(np.zeros((0, self.height, self.width, 3), np.uint8), np.zeros(0), self.fps,
-                          idx)
+                          idx, scale=self.scale)
         if self.backend == "decord":
             keep = _thin(self.times[idx], fps, self.fps)
             try:
                 images = self.reader.get_batch(idx[keep]).asnumpy()
                 return Frames(images=images, times=self.times[idx[keep]], fps=self.fps,
-                              indices=idx[keep])
+                              indices=idx[keep], scale=self.scale)
             except self._decord.DECORDError:
                 # decord fails on some streams (seen: HEVC in .mov, "Error sending packet");
                 # ffmpeg decodes them: switch this video to the ffmpeg pipe
@@ -304,7 +340,8 @@ class VideoDecoder:
         images = self._ffmpeg_span(self.times[idx[0]], self.times[idx[-1]], len(idx))
         idx = idx[: len(images)]
         keep = _thin(self.times[idx], fps, self.fps)
-        return Frames(images=images[keep], times=self.times[idx[keep]], fps=self.fps, indices=idx[keep])
+        return Frames(images=images[keep], times=self.times[idx[keep]], fps=self.fps, indices=idx[keep],
+                      scale=self.scale)
 
     def _ffmpeg_span(self, first_t: float, last_t: float, expected: int) -> np.ndarray:
         """Every frame from ``first_t`` to ``last_t`` through an ffmpeg rawvideo pipe (which also
