@@ -19,6 +19,23 @@ An operator is a small class. It declares:
   once per worker);
 - ``inline``: True for operators that only compute over metadata (no media, microseconds per
   video): the driver runs them itself, since shipping them to Ray costs more than the work.
+
+Added for model-backed and person-centric steps:
+
+- ``params`` values may be :class:`Param` (type, choices, help); plain values are Params whose type
+  is the default's. Values are checked when the workflow loads (exit 2 naming step and parameter).
+- ``weights``: files the operator loads, relative to the model directory (``--models``); override
+  :meth:`weight_files` when they depend on parameters. ``curation run`` checks them all before the
+  first step runs.
+- ``reads`` may name columns of other tables of the same video (``tracks.face_boxes``): the worker
+  hands the operator that video's rows of each such table in ``video["tables"][table]``.
+- ``input_filter``: SQL predicate selecting the input rows the operator gets (e.g. person clips);
+  ``emit_scope``: for emitting operators, the rows of ``output_table`` they own (their rows replace
+  the video's rows matching it, so two operators can emit into one table).
+- Emitting frame operators return a list of rows from ``process_row``.
+- ``batch_size``: videos per worker call (a step may override it, with ``workers`` for its own pool
+  size); :meth:`process_rows` may run a network over the frames of several rows/videos at once.
+- ``artifact_dir(video_id)``: where an operator may write files (audio stems) under the store.
 """
 from __future__ import annotations
 
@@ -34,17 +51,56 @@ from curation.media import FrameSpec, Frames, MediaError, VideoDecoder, local_pa
 
 
 @dataclass(frozen=True)
+class Param:
+    """A typed operator parameter: default, type (inferred from the default when not given),
+    allowed choices and a help line. Checked when the workflow loads."""
+    default: Any
+    type: type | tuple | None = None
+    choices: tuple | None = None
+    help: str = ""
+
+    def kind(self):
+        if self.type is not None:
+            return self.type
+        if isinstance(self.default, bool):
+            return bool
+        if isinstance(self.default, (int, float)):
+            return (int, float)   # a float default takes an int value, an int default a float
+        if self.default is None:
+            return None
+        return type(self.default)
+
+    def check(self, op: str, name: str, value: Any) -> Any:
+        kind = self.kind()
+        if kind is not None and value is not None:
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+            if not ok:
+                want = " or ".join(k.__name__ for k in kinds)
+                raise OperatorError(f"operator {op!r}: parameter {name!r} must be {want}, "
+                                    f"got {value!r} ({type(value).__name__})")
+        if self.choices is not None and value not in self.choices:
+            raise OperatorError(f"operator {op!r}: parameter {name!r} must be one of "
+                                f"{', '.join(map(str, self.choices))}; got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
 class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     memory_mb: int | None = None
+    custom: tuple[tuple[str, float], ...] = ()   # Ray custom resources, e.g. (("accelerator", 1),)
 
     def with_overrides(self, overrides: dict | None) -> "Resources":
         if not overrides:
             return self
+        custom = overrides.get("custom")
         return Resources(num_cpus=float(overrides.get("num_cpus", self.num_cpus)),
                          num_gpus=float(overrides.get("num_gpus", self.num_gpus)),
-                         memory_mb=overrides.get("memory_mb", self.memory_mb))
+                         memory_mb=overrides.get("memory_mb", self.memory_mb),
+                         custom=tuple(sorted((str(k), float(v)) for k, v in custom.items()))
+                         if isinstance(custom, dict) else self.custom)
 
 
 class OperatorError(RuntimeError):
@@ -63,18 +119,50 @@ class Operator:
     frames: ClassVar[FrameSpec | None] = None
     needs_model: ClassVar[bool] = False
     inline: ClassVar[bool] = False
+    weights: ClassVar[tuple[str, ...]] = ()
+    input_filter: ClassVar[str | None] = None
+    emit_scope: ClassVar[str | None] = None
+    batch_size: ClassVar[int] = 1
 
     def __init__(self, model_dir: str | None = None, **params):
-        unknown = sorted(set(params) - set(self.params))
+        specs = self.param_specs()
+        unknown = sorted(set(params) - set(specs))
         if unknown:
             raise OperatorError(f"operator {self.name!r} has no parameter(s) {', '.join(unknown)}; "
-                                f"known: {', '.join(sorted(self.params)) or 'none'}")
-        self.p = {**self.params, **params}
+                                f"known: {', '.join(sorted(specs)) or 'none'}")
+        for name, value in params.items():
+            specs[name].check(self.name, name, value)
+        self.p = {**{k: v.default for k, v in specs.items()}, **params}
         self.model_dir = model_dir
+        self.artifact_root: str | None = None   # set by the worker: <store>/artifacts
+
+    @classmethod
+    def param_specs(cls) -> dict[str, Param]:
+        return {k: v if isinstance(v, Param) else Param(v) for k, v in cls.params.items()}
 
     @property
     def emits(self) -> bool:
         return self.output_table != self.input_table
+
+    def weight_files(self) -> list[str]:
+        """Model files this operator loads with its parameters, relative to the model directory."""
+        return list(self.weights)
+
+    def other_tables(self) -> dict[str, list[str]]:
+        """Tables other than the input table and ``videos`` whose columns this operator reads."""
+        out: dict[str, list[str]] = {}
+        for ref in self.reads:
+            table, _, column = ref.partition(".")
+            if table not in (self.input_table, "videos"):
+                out.setdefault(table, []).append(column)
+        return out
+
+    def artifact_dir(self, video_id: str) -> str:
+        """A directory (or object-store prefix) under the store for this operator's files of one
+        video (audio stems, crops); rows keep their URIs."""
+        if not self.artifact_root:
+            raise OperatorError(f"operator {self.name!r}: no store to write files to")
+        return f"{self.artifact_root}/{self.name}/{video_id}"
 
     def setup(self) -> None:
         """Load models once per worker (override when ``needs_model``)."""
@@ -83,9 +171,21 @@ class Operator:
         """Non-frame operators: all input rows of one video at once."""
         raise NotImplementedError
 
-    def process_row(self, video: dict, row: dict, frames: Frames) -> dict:
-        """Frame operators: one input row with its decoded frames at ``self.frames``."""
+    def process_row(self, video: dict, row: dict, frames: Frames) -> dict | list[dict]:
+        """Frame operators: one input row with its decoded frames at ``self.frames`` (annotating
+        operators return one dict; emitting operators a list of new rows)."""
         raise NotImplementedError
+
+    def process_rows(self, items: list[tuple[dict, dict, Frames]]) -> list:
+        """Frame operators, several rows (of one or more videos) at once: override to batch a
+        network over them. Returns, per item, what process_row returns or the Exception raised."""
+        out = []
+        for video, row, frames in items:
+            try:
+                out.append(self.process_row(video, row, frames))
+            except Exception as e:  # noqa: BLE001 - that row's error
+                out.append(e)
+        return out
 
     def params_hash(self) -> str:
         blob = json.dumps({"op": self.name, "version": self.version, "params": self.p},
@@ -140,79 +240,121 @@ def key_of(row: dict, key: tuple[str, ...]) -> dict:
 
 def run_steps_on_video(steps: list[tuple[str, Operator]], video: dict, rows: list[dict],
                        keys: tuple[str, ...]) -> list[StepResult]:
-    """Run one step (any operator) or a fused group of frame steps over one video.
+    """Run one step (any operator) or a fused group of frame steps over one video."""
+    return run_stage(steps, [(video, rows)], keys)[0]
 
-    ``rows`` are the video's rows of the steps' input table; ``keys`` that table's key columns.
-    Errors never escape: a failure of the whole video is returned as ``StepResult.error``, a failure
-    on one row (frame operators) as that row's ``error``.
+
+def run_stage(steps: list[tuple[str, Operator]], work: list[tuple[dict, list[dict]]],
+              keys: tuple[str, ...]) -> list[list[StepResult]]:
+    """Run one step or a fused group of frame steps over a batch of videos; ``work`` holds each
+    video's row and its rows of the steps' input table, ``keys`` that table's key columns.
+
+    Returns, per video, one StepResult per step. Errors never escape: a failure of a whole video is
+    ``StepResult.error``; a failure on one row (frame operators) is that row's ``error``.
     """
     if len(steps) == 1 and steps[0][1].frames is None:
-        step, op = steps[0]
-        t0 = time.perf_counter()
-        try:
-            out = op.process(video, rows)
-            if op.emits:
-                table, marks = _to_table(op, out, [])
-            else:
-                if len(out) != len(rows):
-                    raise OperatorError(f"operator {op.name!r} returned {len(out)} rows for "
-                                        f"{len(rows)} input rows")
-                out = [{**d, "error": None, "error_stage": None} if r.get("error_stage") == step else d
-                       for d, r in zip(out, rows)]
-                table, marks = _to_table(op, out, [key_of(r, keys) for r in rows])
-            return [StepResult(step, video["video_id"], rows=table,
-                               seconds=time.perf_counter() - t0, marks=marks)]
-        except Exception as e:  # noqa: BLE001 - recorded on the row, never fatal for the run
-            return [StepResult(step, video["video_id"], error=one_line(e),
-                               seconds=time.perf_counter() - t0)]
-    return _run_frame_group(steps, video, rows, keys)
+        return [[_run_plain(steps[0], video, rows, keys)] for video, rows in work]
+    return _run_frame_group(steps, work, keys)
 
 
-def _run_frame_group(steps, video, rows, keys) -> list[StepResult]:
-    spec = FrameSpec.union([op.frames for _, op in steps])
-    outs: dict[str, list[dict]] = {step: [] for step, _ in steps}
-    secs: dict[str, float] = {step: 0.0 for step, _ in steps}
+def _run_plain(step_op, video, rows, keys) -> StepResult:
+    step, op = step_op
     t0 = time.perf_counter()
     try:
-        with local_path(video["uri"]) as path:
-            decoder = VideoDecoder(path, rotation=video.get("rotation") or 0, max_side=spec.max_side,
-                                   display_size=(video.get("width"), video.get("height")))
-            decode_s = time.perf_counter() - t0
-            for row in rows:
-                start = row.get("start_s", 0.0) or 0.0
-                end = row.get("end_s") or video.get("duration_s") or 1e9
-                t = time.perf_counter()
-                try:
-                    frames = decoder.span(start, end, spec.fps)
-                    err = None if len(frames) else f"no frames decoded between {start:.2f}s and {end:.2f}s"
-                except MediaError as e:
-                    frames, err = None, one_line(e)
-                decode_s += time.perf_counter() - t
-                for step, op in steps:
-                    t = time.perf_counter()
-                    if err:
-                        outs[step].append({"error": err, "error_stage": step})
-                        continue
-                    try:
-                        view = frames.sample(op.frames.fps, op.frames.max_side)
-                        d = op.process_row(video, row, view)
-                        if row.get("error_stage") == step:  # a re-run that now succeeds clears it
-                            d = {**d, "error": None, "error_stage": None}
-                        outs[step].append(d)
-                    except Exception as e:  # noqa: BLE001
-                        outs[step].append({"error": one_line(e), "error_stage": step})
-                    secs[step] += time.perf_counter() - t
-    except Exception as e:  # noqa: BLE001 - the video could not be opened for decoding
-        return [StepResult(step, video["video_id"], error=one_line(e)) for step, _ in steps]
-    results = []
-    key_rows = [key_of(r, keys) for r in rows]
-    for step, op in steps:
-        # decode time is shared: each step is charged its share
-        seconds = secs[step] + decode_s / len(steps)
-        try:
-            table, marks = _to_table(op, outs[step], key_rows)
-            results.append(StepResult(step, video["video_id"], table, seconds=seconds, marks=marks))
-        except Exception as e:  # noqa: BLE001
-            results.append(StepResult(step, video["video_id"], error=one_line(e), seconds=seconds))
-    return results
+        out = op.process(video, rows)
+        if op.emits:
+            table, marks = _to_table(op, out, [])
+        else:
+            if len(out) != len(rows):
+                raise OperatorError(f"operator {op.name!r} returned {len(out)} rows for "
+                                    f"{len(rows)} input rows")
+            out = [{**d, "error": None, "error_stage": None} if r.get("error_stage") == step else d
+                   for d, r in zip(out, rows)]
+            table, marks = _to_table(op, out, [key_of(r, keys) for r in rows])
+        return StepResult(step, video["video_id"], rows=table, seconds=time.perf_counter() - t0,
+                          marks=marks)
+    except Exception as e:  # noqa: BLE001 - recorded on the row, never fatal for the run
+        return StepResult(step, video["video_id"], error=one_line(e), seconds=time.perf_counter() - t0)
 
+
+def _decode_rows(video: dict, rows: list[dict], spec: FrameSpec):
+    """Decode each row's span once at ``spec``: yields (row, frames or None, error or None)."""
+    with local_path(video["uri"]) as path:
+        decoder = VideoDecoder(path, rotation=video.get("rotation") or 0, max_side=spec.max_side,
+                               display_size=(video.get("width"), video.get("height")))
+        for row in rows:
+            start = row.get("start_s", 0.0) or 0.0
+            end = row.get("end_s") or video.get("duration_s") or 1e9
+            try:
+                frames = decoder.span(start, end, spec.fps)
+                err = None if len(frames) else f"no frames decoded between {start:.2f}s and {end:.2f}s"
+            except MediaError as e:
+                frames, err = None, one_line(e)
+            yield row, frames, err
+
+
+def _run_frame_group(steps, work, keys) -> list[list[StepResult]]:
+    """Decode each row's span once for all the steps, hand each step its own view of the frames;
+    a step's process_rows sees the rows of every video of the batch at once."""
+    spec = FrameSpec.union([op.frames for _, op in steps])
+    per_video: list[dict] = []       # per video: decoded rows or the error that stopped it
+    t0 = time.perf_counter()
+    for video, rows in work:
+        t = time.perf_counter()
+        try:
+            decoded = list(_decode_rows(video, rows, spec))
+            per_video.append({"decoded": decoded, "error": None, "decode_s": time.perf_counter() - t})
+        except Exception as e:  # noqa: BLE001 - the video could not be opened for decoding
+            per_video.append({"decoded": [], "error": one_line(e), "decode_s": time.perf_counter() - t})
+    results: list[list[StepResult]] = [[] for _ in work]
+    for step, op in steps:
+        items, where = [], []
+        for vi, ((video, _), pv) in enumerate(zip(work, per_video)):
+            for ri, (row, frames, err) in enumerate(pv["decoded"]):
+                if err is None:
+                    items.append((video, row, frames.sample(op.frames.fps, op.frames.max_side)))
+                    where.append((vi, ri))
+        t = time.perf_counter()
+        outs = op.process_rows(items) if items else []
+        step_s = time.perf_counter() - t
+        got = dict(zip(where, outs))
+        n_items = max(1, len(items))
+        for vi, ((video, rows), pv) in enumerate(zip(work, per_video)):
+            if pv["error"]:
+                results[vi].append(StepResult(step, video["video_id"], error=pv["error"]))
+                continue
+            mine = sum(1 for w in where if w[0] == vi)
+            seconds = pv["decode_s"] / len(steps) + step_s * mine / n_items
+            out: list[dict] = []
+            emitted: list[dict] = []
+            for ri, (row, frames, err) in enumerate(pv["decoded"]):
+                d = got.get((vi, ri)) if err is None else None
+                if err is not None:
+                    d = {"error": err, "error_stage": step}
+                elif isinstance(d, BaseException):
+                    d = {"error": one_line(d), "error_stage": step}
+                elif op.emits:
+                    if not isinstance(d, list):
+                        d = {"error": f"operator {op.name!r} must return a list of rows",
+                             "error_stage": step}
+                    else:
+                        emitted.extend(d)
+                        d = {"error": None, "error_stage": None} if row.get("error_stage") == step else {}
+                elif row.get("error_stage") == step:   # a re-run that now succeeds clears it
+                    d = {**d, "error": None, "error_stage": None}
+                out.append(d)
+            try:
+                key_rows = [key_of(r, keys) for r in rows]
+                if op.emits:
+                    table, _ = _to_table(op, emitted, [])
+                    marks = [{**k, "error": d.get("error"), "error_stage": d.get("error_stage")}
+                             for k, d in zip(key_rows, out) if "error" in d]
+                else:
+                    table, marks = _to_table(op, out, key_rows)
+                results[vi].append(StepResult(step, video["video_id"], table, seconds=seconds,
+                                              marks=marks))
+            except Exception as e:  # noqa: BLE001
+                results[vi].append(StepResult(step, video["video_id"], error=one_line(e),
+                                              seconds=seconds))
+    del t0
+    return results

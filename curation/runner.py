@@ -1,19 +1,29 @@
-"""Run a workflow: ingest inputs, then each stage as a Ray Data ``map_batches`` over videos.
+"""Run a workflow: ingest the inputs, then stream every video through the workflow's stages.
 
-The unit of work is one video: a work item carries the video's row and its rows of the stage's input
-table. Workers run the operators (tasks for stateless operators, an actor pool when an operator loads
-a model, resources as declared) and return Arrow tables; the driver upserts them into the store as
-they stream in, then records the step as done for that video in ``status``. So a killed run keeps
-everything flushed, and the next run skips (video, step) pairs already done by the same operator
-version and parameters: nothing is lost or duplicated.
+A *stage* is one step, or a group of adjacent frame steps that share one decode. The driver plans,
+per video, which stages must run (not yet done by the same operator version and parameters, forced
+by ``--from``, or downstream of a stage that runs for it) and then streams: a video's stage is
+dispatched as soon as the stages upstream of it are committed for that video, so every stage runs
+at the same time as the others (CPU tasks next to GPU actors) and no stage waits for the slowest
+video of the one before.
+
+Work travels as video ids. Workers read their inputs from the store themselves (the video's row,
+its rows of the stage's input table, the rows of other tables the operators read), run the
+operators, and stage large outputs (per-frame lists, blobs) as Arrow files under
+``<store>/_staging/<run>``; only small results travel back inline. The driver commits what the
+workers return, rows first and then ``status``, so a run killed at any point keeps what was
+committed and the next run redoes, idempotently, only what was not: nothing is lost or duplicated.
+
+Executors: Ray (tasks for stateless stages, one actor pool per model stage sized by the step's
+``workers``; placement by the declared resources) or in-process (``executor="local"``).
 """
 from __future__ import annotations
 
 import io
 import os
-import pickle
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,11 +31,15 @@ from typing import Callable, Iterable
 
 import pyarrow as pa
 
+from curation.operator import StepResult, key_of, one_line, run_stage
 from curation.media import VIDEO_EXTENSIONS, MediaError, content_id, file_size
-from curation.operator import StepResult, run_steps_on_video
 from curation.store import Store, sql_quote
 from curation.workflow import Step, Workflow
 from schemas import KEYS, SCHEMA_VERSION
+
+
+INLINE_BYTES = 256 * 1024   # results larger than this are staged as files by the worker
+CRASHED = "worker crashed while processing this video"
 
 
 def new_run_id() -> str:
@@ -36,7 +50,7 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-# ---- inputs ----------------------------------------------------------------------------------------
+# ---- inputs (ingest) ----------------------------------------------------------------------------------------
 def resolve_inputs(paths: Iterable[str]) -> list[str]:
     """Files as given; directories expanded (recursively) to files with a video extension."""
     out: list[str] = []
@@ -102,45 +116,143 @@ def ingest(store: Store, uris: list[str], run_id: str) -> list[str]:
 _INGEST = ("video_id", "uri", "size_bytes", "schema_version", "run_id")
 
 
-# ---- the Ray adapter ---------------------------------------------------------------------------------
+# ---- the worker side -------------------------------------------------------------------------------
 class StageWorker:
-    """Runs one stage (one step, or a group of frame steps) on work items; used as a Ray Data
-    callable class (actor pool, operators set up once per actor) or called in a task."""
+    """Runs one stage on a batch of video ids: reads the inputs from the store, runs the
+    operators, stages large outputs under the store. Used as a Ray actor (operators set up once per
+    actor), inside a Ray task, or in-process."""
 
-    def __init__(self, specs: list[tuple[str, type, dict]], model_dir: str | None, table: str):
-        self.steps = [(name, cls(model_dir=model_dir, **params)) for name, cls, params in specs]
-        for _, op in self.steps:
-            op.setup()
+    def __init__(self, specs: list[tuple[str, type, dict]], model_dir: str | None, table: str,
+                 store_uri: str, storage_options: dict | None, run_id: str):
+        self.store = Store(store_uri, storage_options)
+        self.table = table
         self.keys = KEYS[table]
+        self.run_id = run_id
+        self.setup_error = None
+        self.steps = []
+        try:
+            for name, cls, params in specs:
+                op = cls(model_dir=model_dir, **params)
+                op.artifact_root = f"{self.store.uri}/artifacts"
+                self.steps.append((name, op))
+            for _, op in self.steps:
+                op.setup()
+        except Exception as e:  # noqa: BLE001 - every video of the stage gets this error
+            self.setup_error = f"setup failed: {one_line(e)}"
+        self.names = [spec[0] for spec in specs]
 
-    def __call__(self, batch: dict) -> dict:
-        out_ids, out_payload = [], []
-        for vid, payload in zip(batch["video_id"], batch["payload"]):
-            video, rows = pickle.loads(payload)
-            results = run_steps_on_video(self.steps, video, rows, self.keys)
-            out_ids.append(vid)
-            out_payload.append(pickle.dumps([_pack(r) for r in results]))
-        return {"video_id": out_ids, "result": out_payload}
+    def __call__(self, video_ids: list[str]) -> list[tuple[str, list[StepResult]]]:
+        if self.setup_error:
+            return [(vid, [StepResult(n, vid, error=self.setup_error) for n in self.names])
+                    for vid in video_ids]
+        try:
+            work = self._load(video_ids)
+        except Exception as e:  # noqa: BLE001 - the store could not be read: these videos fail
+            msg = f"cannot read inputs: {one_line(e)}"
+            return [(vid, [StepResult(n, vid, error=msg) for n in self.names]) for vid in video_ids]
+        results = run_stage(self.steps, [(video, rows) for _, video, rows in work], self.keys)
+        out = []
+        for (vid, _, rows), per_step in zip(work, results):
+            out.append((vid, [self._finish(r, rows) for r in per_step]))
+        return out
 
+    # inputs
+    def _readable(self, table: str) -> list[str]:
+        return [f.name for f in self.store.schema(table)
+                if not (f.metadata and f.metadata.get(b"lance-encoding:blob"))
+                and not pa.types.is_large_binary(f.type)]
 
-def _stage_task(batch: dict, specs, model_dir, table) -> dict:
-    return StageWorker(specs, model_dir, table)(batch)
+    def _rows_of(self, table: str, video_ids: list[str], columns: list[str] | None = None,
+                 extra: str | None = None) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {v: [] for v in video_ids}
+        if not self.store.exists(table):
+            return out
+        where = "video_id IN (" + ", ".join(sql_quote(v) for v in video_ids) + ")"
+        if extra:
+            where = f"({where}) AND ({extra})"
+        for r in self.store.query(table, where=where, columns=columns).to_pylist():
+            out[r["video_id"]].append(r)
+        return out
 
+    def _load(self, video_ids: list[str]) -> list[tuple[str, dict, list[dict]]]:
+        videos = self._rows_of("videos", video_ids, self._readable("videos"))
+        ops = [op for _, op in self.steps]
+        flt = ops[0].input_filter
+        if self.table == "videos":
+            inputs = videos
+        else:
+            inputs = self._rows_of(self.table, video_ids, self._readable(self.table), flt)
+        others: dict[str, list[str]] = {}
+        for op in ops:
+            for t, cols in op.other_tables().items():
+                others.setdefault(t, list(KEYS.get(t, ())) + ["video_id"])
+                others[t] += [c for c in cols if c not in others[t]]
+        related = {}
+        for t, cols in others.items():
+            have = set(self.store.schema(t).names) if self.store.exists(t) else set()
+            related[t] = self._rows_of(t, video_ids, [c for c in cols if c in have] or None) \
+                if have else {v: [] for v in video_ids}
+        work = []
+        for vid in video_ids:
+            if not videos[vid]:
+                continue
+            video = dict(videos[vid][0])
+            if related:
+                video["tables"] = {t: related[t][vid] for t in related}
+            rows = [video] if self.table == "videos" else inputs[vid]
+            if self.table != "videos" and "clip_index" in (rows[0] if rows else {}):
+                rows.sort(key=lambda r: (r.get("shot_index") or 0, r.get("clip_index") or 0))
+            work.append((vid, video, rows))
+        return work
 
-def _pack(r: StepResult) -> StepResult:
-    """Arrow tables travel as IPC bytes (robust across pickling of nested types)."""
-    if r.rows is not None:
+    # outputs
+    def _finish(self, r: StepResult, rows: list[dict]) -> StepResult:
+        op = dict(self.steps)[r.step]
+        keys = [key_of(row, self.keys) for row in rows]
+        if r.error:   # the whole video failed this step: its input rows say so
+            r.marks = [{**k, "error": r.error, "error_stage": r.step} for k in keys]
+        elif op.emits:  # success of an emitting step clears its own earlier error on its inputs
+            mine = {tuple(m[k] for k in self.keys) for m in (r.marks or [])}
+            r.marks = (r.marks or []) + [
+                {**k, "error": None, "error_stage": None} for k, row in zip(keys, rows)
+                if row.get("error_stage") == r.step and tuple(k.values()) not in mine]
+        if r.rows is not None:
+            r.rows = self._stage(r)
+        return r
+
+    def _stage(self, r: StepResult):
+        """Arrow IPC bytes inline when small, else a file under the store's staging prefix."""
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, r.rows.schema) as w:
             w.write_table(r.rows)
-        r = StepResult(r.step, r.video_id, sink.getvalue(), r.error, r.seconds, r.marks)
-    return r
+        data = sink.getvalue()
+        if len(data) <= INLINE_BYTES:
+            return data
+        import pyarrow.fs as pafs
+        uri = f"{self.store.uri}/_staging/{self.run_id}/{r.step}/{r.video_id}-{uuid.uuid4().hex[:8]}.arrow"
+        fs, path = _fs(uri)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        del pafs
+        return {"staged": uri, "rows": r.rows.num_rows}
 
 
-def _unpack(r: StepResult) -> StepResult:
-    if isinstance(r.rows, (bytes, bytearray)):
-        r.rows = pa.ipc.open_stream(r.rows).read_all()
-    return r
+def _fs(uri: str):
+    import pyarrow.fs as pafs
+    if "://" in uri and not uri.startswith("file://"):
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), uri.removeprefix("file://")
+
+
+def _unstage(rows) -> pa.Table | None:
+    if rows is None or isinstance(rows, pa.Table):
+        return rows
+    if isinstance(rows, dict):
+        fs, path = _fs(rows["staged"])
+        with fs.open_input_stream(path) as f:
+            return pa.ipc.open_stream(f.read()).read_all()
+    return pa.ipc.open_stream(rows).read_all()
 
 
 def init_ray(workers: int | None = None) -> None:
@@ -149,7 +261,7 @@ def init_ray(workers: int | None = None) -> None:
 
     import ray
     warnings.filterwarnings("ignore", message="lance is not fork-safe")
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.WARNING)
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
@@ -161,58 +273,113 @@ def init_ray(workers: int | None = None) -> None:
         ray.init(num_cpus=max(2, workers or 0, os.cpu_count() or 1), **kwargs)
 
 
-def _ray_map(items: list[dict], stage: list[Step], model_dir: str | None, workers: int,
-             table: str) -> Iterable[tuple[str, list[StepResult]]]:
-    import logging
+# ---- executors ---------------------------------------------------------------------------------------
+class _LocalPool:
+    """In-process: one worker per stage, calls run synchronously."""
 
-    import ray.data
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ctx.max_errored_blocks = len(items)  # a crashed worker loses its video, never the run
-    specs = [(s.name, s.op_cls, s.params) for s in stage]
-    req = [s.resource_request() for s in stage]
-    num_cpus = max(r.num_cpus for r in req)
-    num_gpus = max(r.num_gpus for r in req)
-    memory = max((r.memory_mb or 0) for r in req) * 2**20 or None
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    workers = max(1, min(workers, len(items)))  # no idle actors for a handful of videos
-    stateful = any(s.op_cls.needs_model for s in stage)
-    common = dict(batch_size=1, num_cpus=num_cpus, num_gpus=num_gpus or None, memory=memory,
-                  batch_format="numpy")
-    # A worker that dies on a video (a native decoder crash, out of memory) must cost that video,
-    # not the run: Ray Data retries map tasks forever and restarts actors by default. Bound both
-    # (one retry for tasks, in case the death came from elsewhere; no restart for actors, each
-    # holding one video at a time so that a death loses no queued one); the lost block then becomes
-    # an error row ("worker crashed ..."). Ray 2.60 has no named parameter for these yet
-    # (ray_remote_args_fn is marked deprecated for 2.64).
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        if stateful:
-            ds = ds.map_batches(StageWorker, fn_constructor_args=(specs, model_dir, table),
-                                compute=ray.data.ActorPoolStrategy(size=workers,
-                                                                   max_tasks_in_flight_per_actor=1),
-                                ray_remote_args_fn=lambda: {"max_restarts": 0, "max_task_retries": 0},
-                                **common)
+    def __init__(self, stage: "Stage", args: tuple):
+        self.worker = StageWorker(*args)
+
+    def submit(self, vids: list[str]):
+        try:
+            return ("done", self.worker(vids))
+        except Exception as e:  # noqa: BLE001
+            return ("failed", one_line(e))
+
+    def shutdown(self):
+        pass
+
+
+class _RayPool:
+    """Tasks (stateless stages) or actors (stages that load a model), each call one batch of
+    videos. One call in flight per actor, so a worker that dies loses only that batch."""
+
+    def __init__(self, stage: "Stage", args: tuple):
+        import ray
+        self.ray = ray
+        self.stage = stage
+        self.args = args
+        res = stage.resources
+        opts = dict(num_gpus=res.num_gpus or 0, memory=(res.memory_mb or 0) * 2**20 or None,
+                    resources=dict(res.custom) or None)
+        if stage.stateful:
+            # the driver budgets CPUs for actor calls; Ray places actors by GPU/custom resources,
+            # so idle actors never starve the CPU tasks upstream of them
+            self.cls = ray.remote(StageWorker).options(num_cpus=0, max_restarts=0,
+                                                       max_task_retries=0, **opts)
+            self.idle: list = []
+            self.busy: dict = {}
         else:
-            ds = ds.map_batches(_stage_task, fn_kwargs=dict(specs=specs, model_dir=model_dir,
-                                                            table=table),
-                                compute=ray.data.TaskPoolStrategy(size=workers),
-                                ray_remote_args_fn=lambda: {"max_retries": 1}, **common)
-    for row in ds.iter_rows():
-        yield row["video_id"], [_unpack(r) for r in pickle.loads(row["result"])]
+            self.task = ray.remote(_task).options(num_cpus=res.num_cpus, max_retries=1, **opts)
+
+    def submit(self, vids: list[str]):
+        if self.stage.stateful:
+            actor = self.idle.pop() if self.idle else self.cls.remote(*self.args)
+            ref = actor.__call__.remote(vids)
+            self.busy[ref] = actor
+            return ref
+        return self.task.remote(self.args, vids)
+
+    def release(self, ref, dead: bool):
+        if self.stage.stateful:
+            actor = self.busy.pop(ref, None)
+            if actor is not None and not dead:
+                self.idle.append(actor)
+            elif actor is not None:
+                self.ray.kill(actor, no_restart=True)
+
+    def shutdown(self):
+        if self.stage.stateful:
+            for a in self.idle + list(self.busy.values()):
+                try:
+                    self.ray.kill(a, no_restart=True)
+                except Exception:  # noqa: BLE001
+                    pass
+            self.idle, self.busy = [], {}
 
 
-def _local_map(items, stage, model_dir, workers, table):
-    worker = StageWorker([(s.name, s.op_cls, s.params) for s in stage], model_dir, table)
-    for item in items:
-        out = worker({"video_id": [item["video_id"]], "payload": [item["payload"]]})
-        yield out["video_id"][0], [_unpack(r) for r in pickle.loads(out["result"][0])]
+def _task(args: tuple, vids: list[str]):
+    return StageWorker(*args)(vids)
 
 
-# ---- the driver --------------------------------------------------------------------------------------
+# ---- the plan ----------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    index: int
+    steps: list[Step]
+    deps: set[int]
+    workers: int
+    batch: int | None      # videos per call (None: adaptive for stateless stages)
+
+    @property
+    def label(self) -> str:
+        return "+".join(s.name for s in self.steps)
+
+    @property
+    def table(self) -> str:
+        return self.steps[0].op_cls.input_table
+
+    @property
+    def stateful(self) -> bool:
+        return any(s.op_cls.needs_model for s in self.steps)
+
+    @property
+    def inline(self) -> bool:
+        return all(s.op_cls.inline for s in self.steps)
+
+    @property
+    def resources(self):
+        from curation.operator import Resources
+        req = [s.resource_request() for s in self.steps]
+        custom: dict = {}
+        for r in req:
+            for k, v in r.custom:
+                custom[k] = max(custom.get(k, 0), v)
+        return Resources(num_cpus=max(r.num_cpus for r in req), num_gpus=max(r.num_gpus for r in req),
+                         memory_mb=max((r.memory_mb or 0) for r in req) or None,
+                         custom=tuple(sorted(custom.items())))
+
+
 @dataclass
 class StepSummary:
     step: str
@@ -231,6 +398,7 @@ class RunSummary:
     videos: int
     steps: list[StepSummary] = field(default_factory=list)
     seconds: float = 0.0
+    failed_inputs: int = 0
 
 
 class Runner:
@@ -243,199 +411,370 @@ class Runner:
         self.model_dir = model_dir
         self.workers = workers
         self.executor = executor
-        self.flush_every = flush_every      # write results every N videos or T seconds
+        self.flush_every = flush_every      # commit at least every N results or T seconds
         self.flush_seconds = flush_seconds
         self.progress = progress or (lambda step, done, total: None)
+
+    def stages(self) -> list[Stage]:
+        groups = self.wf.stages()
+        where = {s.name: i for i, g in enumerate(groups) for s in g}
+        out = []
+        for i, g in enumerate(groups):
+            deps = {where[a] for s in g for a in self.wf.ancestors(s.name)} - {i}
+            workers = max(1, min(s.workers or self.workers for s in g))
+            explicit = [s.batch_size or (s.op_cls.batch_size if s.op_cls.needs_model else None)
+                        for s in g]
+            batch = max(b for b in explicit if b) if any(explicit) else None
+            out.append(Stage(i, g, deps, workers, batch))
+        return out
 
     def run(self, inputs: list[str], from_step: str | None = None, run_id: str | None = None) -> RunSummary:
         t0 = time.perf_counter()
         run_id = run_id or new_run_id()
-        uris = resolve_inputs(inputs)
         if from_step and from_step not in self.wf.by_name:
             raise ValueError(f"--from: no step {from_step!r} in workflow {self.wf.name!r}; steps: "
                              f"{', '.join(self.wf.by_name)}")
+        uris = resolve_inputs(inputs)
         forced = ({from_step} | self.wf.descendants(from_step)) if from_step else set()
         self.store.upsert("runs", [{"run_id": run_id, "workflow": self.wf.name,
                                     "workflow_yaml": self.wf.text, "inputs": list(inputs),
                                     "started_at": now(), "status": "running",
                                     "schema_version": SCHEMA_VERSION}])
-        video_ids = ingest(self.store, uris, run_id)
-        summary = RunSummary(run_id=run_id, videos=len(video_ids))
-        if self.executor == "ray" and video_ids:
-            init_ray(self.workers)
-        touched: dict[str, set[str]] = {}  # step -> videos it (re)processed in this run
+        got = ingest(self.store, uris, run_id)
+        video_ids = list(getattr(got, "video_ids", got))
+        summary = RunSummary(run_id=run_id, videos=len(video_ids),
+                             failed_inputs=int(getattr(got, "failed", 0) or 0))
+        self._clean_staging()
         try:
-            for stage in self.wf.stages():
-                summary.steps.extend(self._run_stage(stage, video_ids, forced, touched, run_id))
+            summary.steps = self._stream(video_ids, forced, run_id)
         except BaseException:  # an interrupted or broken run says so (a killed one stays "running")
             self.store.upsert("runs", [{"run_id": run_id, "finished_at": now(), "status": "failed"}])
             raise
         for table in self.store.tables():
             self.store.optimize_indices(table)
         self.store.tag(run_id)
+        self._clean_staging()
         summary.seconds = time.perf_counter() - t0
         self.store.upsert("runs", [{"run_id": run_id, "finished_at": now(), "status": "completed"}])
         return summary
 
-    # which videos a stage must process
-    def _pending(self, step: Step, video_ids: list[str], forced: set[str],
-                 touched: dict[str, set[str]]) -> list[str]:
-        """Videos this step must (re)process: not done yet, done by another operator version or
-        parameters, forced by --from, or whose input changed (an upstream step ran again for it,
-        in this run or after this step last ran, e.g. in a run killed in between)."""
-        op = step.make()
-        ancestors = self.wf.ancestors(step.name)
-        videos = {r["video_id"]: r for r in self._rows("videos", video_ids,
-                                                       ["video_id", "error_stage"])}
-        mine: dict[str, dict] = {}
-        upstream_at: dict[str, object] = {}
-        if self.store.exists("status"):
-            steps = ", ".join(sql_quote(n) for n in {step.name, *ancestors})
+    def _clean_staging(self) -> None:
+        import pyarrow.fs as pafs
+        fs, path = _fs(f"{self.store.uri}/_staging")
+        try:
+            if fs.get_file_info(path).type != pafs.FileType.NotFound:
+                fs.delete_dir(path)
+        except OSError:
+            pass
+
+    # which (video, stage) pairs must run
+    def _plan(self, stages: list[Stage], video_ids: list[str], forced: set[str]):
+        """need[i]: videos stage i must process; blocked[i]: videos an earlier failure (an error
+        recorded on the video by a step upstream of stage i that does not run again) keeps out."""
+        names = [s.name for s in self.wf.steps]
+        status: dict[tuple[str, str], dict] = {}
+        if self.store.exists("status") and video_ids:
+            steps = ", ".join(sql_quote(n) for n in names)
             t = self.store.query("status", where=f"step IN ({steps})", columns=[
                 "step", "video_id", "op_version", "params_hash", "updated_at"])
+            wanted = set(video_ids)
             for r in t.to_pylist():
-                if r["step"] == step.name:
-                    mine[r["video_id"]] = r
-                elif r["updated_at"] and (r["video_id"] not in upstream_at
-                                          or r["updated_at"] > upstream_at[r["video_id"]]):
-                    upstream_at[r["video_id"]] = r["updated_at"]
-        dirty = set().union(*(touched.get(a, set()) for a in ancestors)) if ancestors else set()
-        pending = []
-        for vid in video_ids:
-            v = videos.get(vid)
-            if v is None or v["error_stage"] == "ingest":
-                continue
-            if v["error_stage"] in ancestors:  # an upstream step failed on this video
-                continue
-            s = mine.get(vid)
-            done = (s is not None and s["op_version"] == op.version
-                    and s["params_hash"] == op.params_hash()
-                    and (vid not in upstream_at or s["updated_at"] >= upstream_at[vid]))
-            if step.name in forced or vid in dirty or not done:
-                pending.append(vid)
-        return pending
+                if r["video_id"] in wanted:
+                    status[(r["step"], r["video_id"])] = r
+        videos = {r["video_id"]: r for r in self._video_rows(video_ids)}
+        ops = {s.name: s.make() for s in self.wf.steps}
+        need: list[set[str]] = []
+        blocked: list[set[str]] = []
+        for st in stages:
+            anc = set().union(*(self.wf.ancestors(s.name) for s in st.steps))
+            n, b = set(), set()
+            for vid in video_ids:
+                v = videos.get(vid)
+                if v is None or v.get("error_stage") == "ingest":
+                    b.add(vid)
+                    continue
+                upstream_runs = any(vid in need[d] for d in st.deps)
+                if v.get("error_stage") in anc and not upstream_runs:
+                    b.add(vid)
+                    continue
+                if upstream_runs or any(self._stale(status, ops[s.name], s.name, vid, forced) for s in st.steps):
+                    n.add(vid)
+            need.append(n)
+            blocked.append(b)
+        return need, blocked
 
-    def _rows(self, table: str, video_ids: list[str], columns: list[str] | None = None) -> list[dict]:
-        if not self.store.exists(table) or not video_ids:
+    def _stale(self, status, op, step: str, vid: str, forced: set[str]) -> bool:
+        if step in forced:
+            return True
+        s = status.get((step, vid))
+        if s is None or s["op_version"] != op.version or s["params_hash"] != op.params_hash():
+            return True
+        ups = [status.get((a, vid)) for a in self.wf.ancestors(step)]
+        return any(u and u["updated_at"] and u["updated_at"] > s["updated_at"] for u in ups)
+
+    def _video_rows(self, video_ids: list[str]) -> list[dict]:
+        if not self.store.exists("videos") or not video_ids:
             return []
         out = []
-        for i in range(0, len(video_ids), 500):
-            chunk = video_ids[i:i + 500]
-            where = "video_id IN (" + ", ".join(sql_quote(v) for v in chunk) + ")"
-            out.extend(self.store.query(table, where=where, columns=columns).to_pylist())
+        for i in range(0, len(video_ids), 1000):
+            where = "video_id IN (" + ", ".join(sql_quote(v) for v in video_ids[i:i + 1000]) + ")"
+            out.extend(self.store.query("videos", where=where,
+                                        columns=["video_id", "error_stage"]).to_pylist())
         return out
 
-    def _readable_columns(self, table: str) -> list[str]:
-        """The columns shipped to workers: all but blobs (images, audio), which operators that
-        need them read from the store themselves."""
-        return [f.name for f in self.store.schema(table)
-                if not (f.metadata and f.metadata.get(b"lance-encoding:blob"))
-                and not pa.types.is_large_binary(f.type)]
-
-    def _run_stage(self, stage: list[Step], video_ids, forced, touched, run_id) -> list[StepSummary]:
-        sums = {s.name: StepSummary(s.name, s.op) for s in stage}
-        pending_by_step = {s.name: set(self._pending(s, video_ids, forced, touched)) for s in stage}
-        pending = [v for v in video_ids if any(v in p for p in pending_by_step.values())]
-        for s in stage:
-            sums[s.name].skipped = len(video_ids) - len(pending_by_step[s.name])
-        label = "+".join(s.name for s in stage)
-        if not pending:
-            self.progress(label, 0, 0)
+    # the streaming loop
+    def _stream(self, video_ids: list[str], forced: set[str], run_id: str) -> list[StepSummary]:
+        stages = self.stages()
+        need, blocked = self._plan(stages, video_ids, forced)
+        sums = {s.name: StepSummary(s.name, s.op) for st in stages for s in st.steps}
+        total = [len(n) for n in need]
+        committed = [0] * len(stages)
+        for st in stages:
+            self.progress(st.label, 0, total[st.index])
+        if not any(need):
+            for st in stages:
+                for s in st.steps:
+                    sums[s.name].skipped = len(video_ids)
             return list(sums.values())
-        table = stage[0].op_cls.input_table
-        videos = {r["video_id"]: r for r in self._rows("videos", pending,
-                                                       self._readable_columns("videos"))}
-        if table == "videos":
-            children = {vid: [videos[vid]] for vid in pending}
-        else:
-            children = {vid: [] for vid in pending}
-            if self.store.exists(table):
-                for r in self._rows(table, pending, self._readable_columns(table)):
-                    children[r["video_id"]].append(r)
-        items = [{"video_id": vid, "payload": pickle.dumps((videos[vid], children[vid]))}
-                 for vid in pending if children[vid] or table == "videos"]
-        no_rows = [vid for vid in pending if not children[vid] and table != "videos"]
-        t0 = time.perf_counter()
-        inline = all(s.op_cls.inline for s in stage)
-        mapper = _ray_map if self.executor == "ray" and not inline else _local_map
-        buffer: list[tuple[str, list[StepResult]]] = []
-        got: set[str] = set()
-        done = 0
-        self.progress(label, 0, len(pending))
+        if self.executor == "ray":
+            init_ray(self.workers)
+        args = lambda st: ([(s.name, s.op_cls, s.params) for s in st.steps], self.model_dir,  # noqa: E731
+                           st.table, self.store.uri, self.store.storage_options, run_id)
+        pools: dict[int, object] = {}
+        settled: list[set[str]] = [set() for _ in stages]     # committed, skipped or failed
+        failed: list[set[str]] = [set() for _ in stages]      # whole-video failure at this stage
+        waiting: list[set[str]] = [set(n) for n in need]
+        ready: list[deque] = [deque() for _ in stages]
+        inflight: dict = {}            # ref -> (stage index, vids, alone)
+        local_results: deque = deque()
+        buffer: list[list] = [[] for _ in stages]
+        retry_alone: list[set[str]] = [set() for _ in stages]
         last_flush = time.perf_counter()
-        # nothing to do for these videos (e.g. every shot too short for a clip): done, no rows
-        self._flush(stage, [(vid, [StepResult(s.name, vid, rows=None) for s in stage]) for vid in no_rows],
-                    videos, children, run_id, sums)
-        done += len(no_rows)
-        got.update(no_rows)
-        for vid, results in mapper(items, stage, self.model_dir, self.workers, table):
-            buffer.append((vid, results))
-            got.add(vid)
-            done += 1
-            if len(buffer) >= self.flush_every or time.perf_counter() - last_flush > self.flush_seconds:
-                self._flush(stage, buffer, videos, children, run_id, sums)
-                buffer, last_flush = [], time.perf_counter()
-            self.progress(label, done, len(pending))
-        self._flush(stage, buffer, videos, children, run_id, sums)
-        # Videos whose worker died (a decoder segfault, the OOM killer) have no result. A death can
-        # also take a video that merely shared the worker, so each lost video gets one more try on
-        # its own; one that is lost again is the culprit and gets the error.
-        by_vid = {item["video_id"]: item for item in items}
-        for vid in [v for v in pending if v not in got and v in by_vid]:
-            retry = list(mapper([by_vid[vid]], stage, self.model_dir, 1, table))
-            results = retry[0][1] if retry else [
-                StepResult(s.name, vid, error="worker crashed while processing this video")
-                for s in stage]
-            self._flush(stage, [(vid, results)], videos, children, run_id, sums)
-        for s in stage:
-            touched.setdefault(s.name, set()).update(pending_by_step[s.name])
-            sums[s.name].seconds = time.perf_counter() - t0
+        cpu_budget = self._cpu_budget()
+        cpu_used = 0.0
+
+        def settle_skips():
+            """Videos a stage will not process: settled at once (not needed, or blocked)."""
+            changed = True
+            while changed:
+                changed = False
+                for st in stages:
+                    i = st.index
+                    for vid in list(waiting[i]):
+                        if any(vid in failed[d] for d in st.deps):   # failed upstream: skip
+                            waiting[i].discard(vid)
+                            settled[i].add(vid)
+                            failed[i].add(vid)   # and so are the stages below it
+                            total[i] -= 1
+                            changed = True
+                            self.progress(st.label, committed[i], total[i])
+                        elif all(vid in settled[d] or vid not in need[d] for d in st.deps):
+                            waiting[i].discard(vid)
+                            ready[i].append(vid)
+
+        for st in stages:
+            settled[st.index] = {v for v in video_ids if v not in need[st.index]}
+        settle_skips()
+
+        def pool(st: Stage):
+            if st.index not in pools:
+                cls = _RayPool if self.executor == "ray" and not st.inline else _LocalPool
+                pools[st.index] = cls(st, args(st))
+            return pools[st.index]
+
+        def running(i: int) -> int:
+            return sum(1 for x in inflight.values() if x[0] == i)
+
+        def dispatch():
+            nonlocal cpu_used
+            for st in reversed(stages):        # downstream first: videos finish, memory stays flat
+                i = st.index
+                while ready[i]:
+                    if st.inline or self.executor != "ray":   # in-process, synchronously
+                        n = len(ready[i]) if st.inline else max(1, st.batch or 1)
+                        vids = [ready[i].popleft() for _ in range(min(n, len(ready[i])))]
+                        local_results.append((i, vids, pool(st).submit(vids), False))
+                        continue
+                    if running(i) >= st.workers:
+                        break
+                    need_cpu = st.resources.num_cpus
+                    if inflight and cpu_used + need_cpu > cpu_budget + 1e-9:
+                        return
+                    if ready[i][0] in retry_alone[i]:
+                        vids, alone = [ready[i].popleft()], True
+                    else:
+                        n = st.batch or max(1, min(16, len(ready[i]) // max(1, 2 * st.workers)))
+                        vids = []
+                        while ready[i] and len(vids) < n and ready[i][0] not in retry_alone[i]:
+                            vids.append(ready[i].popleft())
+                        alone = False
+                    ref = pool(st).submit(vids)
+                    inflight[ref] = (i, vids, alone, need_cpu)
+                    cpu_used += need_cpu
+
+        def take(i: int, vids: list[str], outcome, alone: bool):
+            """A finished call: results into the buffer; lost videos retried alone once."""
+            st = stages[i]
+            kind, payload = outcome
+            if kind == "done":
+                got = {vid for vid, _ in payload}
+                for vid, results in payload:
+                    buffer[i].append((vid, results))
+                lost = [v for v in vids if v not in got]
+                for v in lost:   # a video row vanished between plan and work (deleted): skip
+                    buffer[i].append((v, [StepResult(s.name, v, error="video row not found")
+                                          for s in st.steps]))
+                return
+            for v in vids:
+                if alone or v in retry_alone[i]:
+                    buffer[i].append((v, [StepResult(s.name, v, error=payload or CRASHED)
+                                          for s in st.steps]))
+                else:
+                    retry_alone[i].add(v)
+                    ready[i].appendleft(v)
+
+        def collect(timeout: float):
+            nonlocal cpu_used
+            while local_results:
+                i, vids, outcome, alone = local_results.popleft()
+                take(i, vids, outcome, alone)
+            if not inflight:
+                return
+            import ray
+            refs = list(inflight)
+            done, rest = ray.wait(refs, num_returns=1, timeout=timeout)
+            if done and rest:   # and whatever else is finished already
+                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                done += more
+            for ref in done:
+                i, vids, alone, cpu = inflight.pop(ref)
+                cpu_used -= cpu
+                try:
+                    outcome = ("done", ray.get(ref))
+                    dead = False
+                except Exception as e:  # noqa: BLE001 - the worker died (crash, OOM kill)
+                    outcome, dead = ("failed", CRASHED if _is_crash(e) else one_line(e)), True
+                pools[i].release(ref, dead) if hasattr(pools[i], "release") else None
+                take(i, vids, outcome, alone)
+
+        def flush(force: bool = False):
+            nonlocal last_flush
+            n = sum(len(b) for b in buffer)
+            if not n:
+                return
+            idle = not inflight and not any(ready)
+            if not (force or idle or n >= self.flush_every
+                    or time.perf_counter() - last_flush >= self.flush_seconds
+                    or self._starving(stages, ready, inflight, buffer)):
+                return
+            status = []
+            for st in stages:
+                i = st.index
+                if buffer[i]:
+                    status += self._commit(st, buffer[i], run_id, sums)
+            if status:
+                from schemas import STATUS
+                self.store.upsert("status", pa.Table.from_pylist(status, schema=STATUS))
+            for st in stages:
+                i = st.index
+                for vid, results in buffer[i]:
+                    settled[i].add(vid)
+                    committed[i] += 1
+                    if any(r.error for r in results):
+                        failed[i].add(vid)
+                if buffer[i]:
+                    self.progress(st.label, committed[i], total[i])
+                buffer[i] = []
+            last_flush = time.perf_counter()
+            settle_skips()
+
+        try:
+            while True:
+                dispatch()
+                if not inflight and not local_results and not any(ready) and not any(buffer):
+                    break
+                collect(timeout=0.2 if any(buffer) else 2.0)
+                flush(force=False)
+                if not inflight and not local_results and not any(ready):
+                    flush(force=True)
+        finally:
+            for p in pools.values():
+                p.shutdown()
+        for st in stages:
+            for s in st.steps:
+                sums[s.name].skipped = len(video_ids) - sums[s.name].done
         return list(sums.values())
 
-    def _flush(self, stage: list[Step], buffer: list[tuple[str, list[StepResult]]], videos: dict,
-               children: dict, run_id: str, sums: dict[str, StepSummary]) -> None:
-        """Write the results of some videos for a stage: rows first, then their status, so a kill
-        between the two only makes the next run redo (idempotently) those videos."""
-        if not buffer:
-            return
-        from schemas import STATUS
+    def _starving(self, stages, ready, inflight, buffer) -> bool:
+        """Commit now when some buffered result would let a stage downstream start while workers
+        are idle (streaming: a video moves on as soon as its step is committed)."""
+        busy = len(inflight)
+        return busy < max(1, self.workers) and not any(ready)
+
+    def _cpu_budget(self) -> float:
+        if self.executor != "ray":
+            return 1.0
+        import ray
+        return float(ray.cluster_resources().get("CPU", 1.0))
+
+    def _input_keys(self, st: Stage, video_ids: list[str]) -> dict[str, list[dict]]:
+        """Keys of the input rows of videos whose worker died (the driver never saw their rows)."""
+        table = st.table
+        key = list(KEYS[table])
+        if not self.store.exists(table):
+            return {}
+        where = "video_id IN (" + ", ".join(sql_quote(v) for v in video_ids) + ")"
+        if st.steps[0].op_cls.input_filter:
+            where = f"({where}) AND ({st.steps[0].op_cls.input_filter})"
+        out: dict[str, list[dict]] = {}
+        for r in self.store.query(table, where=where, columns=sorted(set(key) | {"video_id"})).to_pylist():
+            out.setdefault(r["video_id"], []).append({k: r[k] for k in key})
+        return out
+
+    def _commit(self, st: Stage, buffer: list[tuple[str, list[StepResult]]], run_id: str,
+                sums: dict[str, StepSummary]) -> list[dict]:
+        """Write the results of some videos for one stage (rows, then error marks); returns their
+        status rows (written by the caller after every stage's rows)."""
         status = []
-        for step in stage:
+        lost = [vid for vid, results in buffer if any(r.error and r.marks is None for r in results)]
+        lost_keys = self._input_keys(st, lost) if lost else {}
+        for step in st.steps:
             cls = step.op_cls
-            key = KEYS[cls.input_table]
             op = step.make()
             marks, outputs, emitted_for = [], [], []
+            s = sums[step.name]
             for vid, results in buffer:
                 r = next(x for x in results if x.step == step.name)
-                inputs = children.get(vid) or []
-                s = sums[step.name]
+                rows = _unstage(r.rows)
+                if r.error and r.marks is None:   # lost with its worker: mark its input rows here
+                    r.marks = [{**k, "error": r.error, "error_stage": r.step}
+                               for k in lost_keys.get(vid, [])]
                 if r.error:
                     s.failed_videos += 1
-                    marks += [{**{k: row[k] for k in key}, "error": r.error, "error_stage": r.step,
-                               "run_id": run_id} for row in inputs]
                 else:
                     if cls.output_table != cls.input_table:
                         emitted_for.append(vid)
-                        # success of an emitting step clears its own earlier error on the input rows
-                        marks += [{**{k: row[k] for k in key}, "error": None, "error_stage": None,
-                                   "run_id": run_id} for row in inputs if row.get("error_stage") == r.step]
-                    if r.rows is not None and r.rows.num_rows:
-                        t = r.rows.append_column("run_id", pa.array([run_id] * r.rows.num_rows, pa.string()))
-                        outputs.append(t)
-                        s.rows += t.num_rows
-                    for m in r.marks or []:   # rows this step failed on, or no longer fails on
-                        marks.append({**m, "run_id": run_id})
-                        s.failed_rows += m["error"] is not None
+                    if rows is not None and rows.num_rows:
+                        rows = rows.append_column("run_id", pa.array([run_id] * rows.num_rows,
+                                                                     pa.string()))
+                        outputs.append(rows)
+                        s.rows += rows.num_rows
+                    s.failed_rows += sum(1 for m in r.marks or [] if m["error"] is not None)
+                marks += [{**m, "run_id": run_id} for m in r.marks or []]
                 s.done += 1
+                s.seconds += r.seconds
                 status.append({"step": r.step, "video_id": vid, "op": cls.name,
                                "op_version": cls.version, "params_hash": op.params_hash(),
                                "ok": r.error is None, "error": r.error,
-                               "rows": None if r.rows is None else r.rows.num_rows,
+                               "rows": None if rows is None else rows.num_rows,
                                "seconds": r.seconds, "run_id": run_id, "updated_at": now()})
             out = pa.concat_tables(outputs, promote_options="permissive") if outputs else None
             if cls.output_table != cls.input_table:
-                if emitted_for:  # emitted rows replace the videos' earlier rows of that table
+                if emitted_for:  # emitted rows replace the videos' earlier rows (in the op's scope)
                     where = "video_id IN (" + ", ".join(sql_quote(v) for v in emitted_for) + ")"
+                    if cls.emit_scope and self.store.exists(cls.output_table):
+                        if _columns_exist(self.store, cls.output_table, cls.emit_scope):
+                            where = f"({where}) AND ({cls.emit_scope})"
                     if out is not None:
                         self.store.replace(cls.output_table, where, out)
                     else:
@@ -443,5 +782,22 @@ class Runner:
             elif out is not None:
                 self.store.annotate(cls.output_table, out)
             if marks:
-                self.store.annotate(cls.input_table, marks)
-        self.store.upsert("status", pa.Table.from_pylist(status, schema=STATUS))
+                # marks of rows that no longer exist are ignored by annotate (keys with no row)
+                self.store.annotate(cls.input_table, pa.Table.from_pylist(marks))
+        return status
+
+
+def _columns_exist(store: Store, table: str, predicate: str) -> bool:
+    """Whether every identifier of ``predicate`` is a column of ``table`` (a scope over a column
+    that no row has yet matches nothing, so the delete must not touch other rows)."""
+    import re
+    names = set(store.schema(table).names)
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", re.sub(r"'[^']*'", "", predicate)))
+    keywords = {"AND", "OR", "NOT", "IN", "IS", "NULL", "LIKE", "TRUE", "FALSE", "BETWEEN"}
+    return all(w in names or w.upper() in keywords for w in words)
+
+
+def _is_crash(e: BaseException) -> bool:
+    name = type(e).__name__
+    return name in ("WorkerCrashedError", "RayActorError", "ActorDiedError", "OutOfMemoryError",
+                    "NodeDiedError", "ActorUnavailableError", "LocalRayletDiedError")

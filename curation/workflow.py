@@ -25,9 +25,9 @@ from curation.operator import Operator, OperatorError, Resources
 
 # Columns present before any step runs (written by ingest).
 INGEST_COLUMNS = {"videos": {"video_id", "uri", "size_bytes", "schema_version", "run_id"}}
-STEP_KEYS = {"name", "op", "params", "after", "resources", "description"}
+STEP_KEYS = {"name", "op", "params", "after", "resources", "description", "batch_size", "workers"}
 TOP_KEYS = {"name", "description", "steps", "filters"}
-RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory_mb"}
+RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory_mb", "custom"}
 
 
 class WorkflowError(ValueError):
@@ -42,9 +42,14 @@ class Step:
     after: list[str] = field(default_factory=list)
     resources: dict = field(default_factory=dict)
     op_cls: type[Operator] | None = None
+    batch_size: int | None = None   # videos per worker call (default: the operator's)
+    workers: int | None = None      # this step's own pool size (default: --workers)
 
     def make(self, model_dir: str | None = None) -> Operator:
         return self.op_cls(model_dir=model_dir, **self.params)
+
+    def videos_per_call(self) -> int:
+        return int(self.batch_size or self.op_cls.batch_size or 1)
 
     def resource_request(self) -> Resources:
         return self.op_cls.resources.with_overrides(self.resources)
@@ -95,13 +100,34 @@ class Workflow:
         for step in order:
             cls = step.op_cls
             last = stages[-1] if stages else None
+            # fuse frame steps over the same rows, but never a GPU (or model) step with a step of
+            # another kind: a GPU must not wait for a neighbour's CPU work
             if (last and cls.frames is not None and all(s.op_cls.frames is not None for s in last)
                     and all(s.op_cls.input_table == cls.input_table for s in last)
+                    and all(s.op_cls.input_filter == cls.input_filter for s in last)
+                    and all(_kind(s) == _kind(step) for s in last)
                     and not any(s.name in self.ancestors(step.name) for s in last)):
                 last.append(step)
             else:
                 stages.append([step])
         return stages
+
+
+def _kind(step: Step) -> tuple:
+    r = step.resource_request()
+    return (r.num_gpus > 0, step.op_cls.needs_model)
+
+
+def missing_weights(wf: Workflow, model_dir: str | None) -> list[tuple[str, str]]:
+    """(step, path) of every model file a step declares that is not in ``model_dir``."""
+    from pathlib import Path
+    out = []
+    for step in wf.steps:
+        for rel in step.make(model_dir).weight_files():
+            path = Path(model_dir or ".") / rel
+            if not model_dir or not path.is_file():
+                out.append((step.name, str(path) if model_dir else f"{rel} (no --models given)"))
+    return out
 
 
 def _topo_order(steps: list[Step]) -> list[Step]:
@@ -202,8 +228,16 @@ def load(path_or_text: str | Path, registry: dict[str, type[Operator]] | None = 
             raise WorkflowError(f"step {name!r}: unknown resource(s) "
                                 f"{', '.join(sorted(set(res) - RESOURCE_KEYS))}; "
                                 f"allowed: {', '.join(sorted(RESOURCE_KEYS))}")
+        for key in ("batch_size", "workers"):
+            if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)
+                               or raw[key] < 1):
+                raise WorkflowError(f"step {name!r}: {key} must be a positive integer, "
+                                    f"got {raw[key]!r}")
+        if not isinstance(raw.get("params") or {}, dict):
+            raise WorkflowError(f"step {name!r}: params must be a mapping")
         step = Step(name=name, op=op, params=dict(raw.get("params") or {}), after=list(after),
-                    resources=dict(res), op_cls=registry[op])
+                    resources=dict(res), op_cls=registry[op], batch_size=raw.get("batch_size"),
+                    workers=raw.get("workers"))
         try:
             step.make()  # checks the parameter names; loads no model (setup() is not called)
         except OperatorError as e:
@@ -218,7 +252,17 @@ def load(path_or_text: str | Path, registry: dict[str, type[Operator]] | None = 
     for i, f in enumerate(doc.get("filters") or []):
         if not isinstance(f, dict) or not f.get("where"):
             raise WorkflowError(f"{source}: filter {i + 1} needs 'name' and 'where'")
-        filters.append(Filter(name=str(f.get("name", f"filter_{i + 1}")), where=str(f["where"])))
+        fname = str(f.get("name", f"filter_{i + 1}"))
+        try:
+            from curation.sql import validate_where
+        except ImportError:   # the SQL checker is optional only while it is being written
+            validate_where = None
+        if validate_where is not None:
+            try:
+                validate_where(str(f["where"]))
+            except ValueError as e:
+                raise WorkflowError(f"filter {fname!r}: {e}") from None
+        filters.append(Filter(name=fname, where=str(f["where"])))
     wf = Workflow(name=str(doc.get("name") or p.stem), steps=steps, filters=filters, text=text,
                   description=str(doc.get("description") or ""))
     _topo_order(steps)  # raises on a cycle
