@@ -9,7 +9,8 @@ graph in torch (the depthwise convolutions).
 The float result agrees with the quantized TFLite copy of the same model
 (``emotion_model_quantized.tflite``, run with ai-edge-litert 2.3.0 outside this project) to within
 0.03 in probability (mean 0.002; same top class on 99 % of 561 real face crops from lp_d3,
-pf_single_face and vr_face1, the rest near-ties; checked when this file was written).
+pf_single_face and vr_face1, the rest near-ties; tests/nets/test_emotion.py keeps TFLite outputs on fixed
+synthetic inputs as a reference).
 
 Input: face crops, (T, H, W, 3) RGB or (T, H, W) grey uint8, any size (resized to 64x64 grey here).
 Output: (T, 7) softmax probabilities in FER2013 order, :data:`CLASSES`.

