@@ -185,7 +185,7 @@ class StageWorker:
         others: dict[str, list[str]] = {}
         for op in ops:
             for t, cols in op.other_tables().items():
-                others.setdefault(t, list(KEYS.get(t, ())) + ["video_id"])
+                others.setdefault(t, list(dict.fromkeys([*KEYS.get(t, ()), "video_id"])))
                 others[t] += [c for c in cols if c not in others[t]]
         related = {}
         for t, cols in others.items():
@@ -434,6 +434,8 @@ class Runner:
         if from_step and from_step not in self.wf.by_name:
             raise ValueError(f"--from: no step {from_step!r} in workflow {self.wf.name!r}; steps: "
                              f"{', '.join(self.wf.by_name)}")
+        from curation.workflow import check_weights
+        check_weights(self.wf, self.model_dir)   # every declared model file, before any work
         uris = resolve_inputs(inputs)
         forced = ({from_step} | self.wf.descendants(from_step)) if from_step else set()
         self.store.upsert("runs", [{"run_id": run_id, "workflow": self.wf.name,

@@ -31,7 +31,11 @@ RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory_mb", "custom"}
 
 
 class WorkflowError(ValueError):
-    pass
+    exit_code = 2
+
+
+class MissingWeightsError(WorkflowError):
+    """A step's declared model file is not in the model directory (checked before any step runs)."""
 
 
 @dataclass
@@ -116,6 +120,14 @@ class Workflow:
 def _kind(step: Step) -> tuple:
     r = step.resource_request()
     return (r.num_gpus > 0, step.op_cls.needs_model)
+
+
+def check_weights(wf: Workflow, model_dir: str | None) -> None:
+    """Raise MissingWeightsError naming every step and model file that is missing."""
+    missing = missing_weights(wf, model_dir)
+    if missing:
+        listed = "; ".join(f"step {s!r} needs {p}" for s, p in missing)
+        raise MissingWeightsError(f"missing model file(s): {listed}")
 
 
 def missing_weights(wf: Workflow, model_dir: str | None) -> list[tuple[str, str]]:

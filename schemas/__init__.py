@@ -42,6 +42,7 @@ VIDEOS = pa.schema([
     pa.field("video_id", pa.string(), nullable=False),  # content hash of the file
     pa.field("uri", pa.string()),
     pa.field("size_bytes", pa.int64()),
+    pa.field("mtime_ns", pa.int64()),            # modification time at ingest (ns since the epoch)
     pa.field("schema_version", pa.string()),
     # probe
     pa.field("container", pa.string()),
@@ -60,6 +61,12 @@ VIDEOS = pa.schema([
     pa.field("audio_codec", pa.string()),
     pa.field("audio_sample_rate", pa.int32()),
     pa.field("audio_channels", pa.int32()),
+    # probe's decode check ("full": every frame, "ends": first and last GOP, "none")
+    pa.field("decode_check", pa.string()),
+    pa.field("decoded_frames", pa.int64()),      # frames the decoder returned (of num_frames)
+    pa.field("decode_errors", pa.int32()),       # packets rejected + frames flagged corrupt
+    pa.field("decoded_until_s", pa.float64()),   # end of the last decoded frame
+    pa.field("decode_error_at_s", pa.float64()), # first bad packet, null when clean
     *_common(),
 ])
 
@@ -80,6 +87,8 @@ CLIPS = pa.schema([
     pa.field("video_id", pa.string()),
     pa.field("shot_index", pa.int32()),
     pa.field("clip_index", pa.int32()),
+    pa.field("clip_kind", pa.string()),          # "shot": a span of a shot; "person": one track in it
+    pa.field("track_id", pa.string()),           # person clips: the track they follow
     pa.field("start_s", pa.float64()),
     pa.field("end_s", pa.float64()),
     pa.field("duration_s", pa.float64()),
