@@ -47,7 +47,7 @@ def fer(models):
 def faces(media, models):
     """name -> (times, FER crops, face boxes, frames) for the three real clips."""
     out = {}
-    for name, fps in (("pf_single_face.mp4", None), ("lp_d3.mp4", 10), ("vr_face1.mp4", 10)):
+    for name, fps in (("pf_single_face.mp4", None), ("lp_d3.mp4", 10), ("vr_face1.mp4", 5)):
         fr = frames_of(media / name, fps=fps, max_side=None)
         boxes = detect_faces(fr.images, models)
         assert np.isfinite(boxes[:, 0]).mean() > 0.95, name  # one clear face throughout
