@@ -109,7 +109,7 @@ def schema_rows(only: str | None = None) -> list[dict]:
         for f in schema:
             who = writers.get(f.name) or ("key" if f.name in KEYS[table] else
                                           "run" if f.name in ("run_id", "error", "error_stage") else
-                                          "ingest" if f.name in ("uri", "size_bytes", "schema_version")
+                                          "ingest" if f.name in ("uri", "size_bytes", "mtime_ns", "schema_version")
                                           else backbone[table])
             rows.append({"table": table, "column": f.name, "type": str(f.type), "writer": who})
             seen.add(f.name)
