@@ -204,16 +204,23 @@ def extract_wav(path: str, out_path: str, sample_rate: int = 16000) -> str:
 @dataclass(frozen=True)
 class FrameSpec:
     """What a frame operator needs: sampling rate (None = every frame) and the long side in pixels
-    (None = the video's own size, for operators that crop small regions such as faces)."""
+    (None = the video's own size, for operators that crop small regions such as faces).
+
+    ``parts``: for the union of several specs (:meth:`union`), the specs it was made of. Given such a
+    spec, :meth:`VideoDecoder.span` decodes the span once and makes each part's view directly at its
+    own rate and size (no decode at the largest size followed by a resize of every frame)."""
     fps: float | None = 2.0
     max_side: int | None = 480
+    parts: tuple["FrameSpec", ...] = field(default=(), compare=False, repr=False)
 
     @staticmethod
     def union(specs: list["FrameSpec"]) -> "FrameSpec":
         fpss = [s.fps for s in specs]
         sides = [s.max_side for s in specs]
+        parts = tuple(dict.fromkeys(FrameSpec(s.fps, s.max_side) for s in specs))
         return FrameSpec(fps=None if any(f is None for f in fpss) else max(fpss),
-                         max_side=None if any(m is None for m in sides) else max(sides))
+                         max_side=None if any(m is None for m in sides) else max(sides),
+                         parts=parts if len(parts) > 1 else ())
 
 
 @dataclass
@@ -221,18 +228,23 @@ class Frames:
     """Decoded RGB frames of one time span: ``images`` (N, H, W, 3) uint8 and their ``times`` (s).
 
     ``scale`` is the decoded size over the displayed size of the video: a box in display pixels
-    (as stored in the tables) is ``box * scale`` in these images (see :func:`crop_boxes`)."""
+    (as stored in the tables) is ``box * scale`` in these images (see :func:`crop_boxes`).
+    ``views``: frames of the same span already decoded at other (fps, max_side), which
+    :meth:`sample` returns as they are (a span decoded for a union :class:`FrameSpec`)."""
     images: np.ndarray
     times: np.ndarray
     fps: float                      # native average frame rate of the video
     indices: np.ndarray = field(default=None)  # frame numbers in the video
     scale: float = 1.0
+    views: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.times)
 
     def sample(self, fps: float | None, max_side: int | None = None) -> "Frames":
         """A view at a lower sampling rate and/or a smaller size (one decode serves several specs)."""
+        if (fps, max_side) in self.views:
+            return self.views[(fps, max_side)]
         keep = _thin(self.times, fps, self.fps)
         images = self.images[keep]
         scale = self.scale
@@ -243,9 +255,13 @@ class Frames:
                       indices=None if self.indices is None else self.indices[keep], scale=scale)
 
     def gray(self) -> np.ndarray:
+        """(N, H, W) BT.601 luma, in one OpenCV call over the stacked frames."""
         import cv2
-        return np.stack([cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in self.images]) \
-            if len(self) else np.zeros((0,) + self.images.shape[1:3], np.uint8)
+        n, h, w = self.images.shape[:3]
+        if n == 0:
+            return np.zeros((0, h, w), np.uint8)
+        stacked = np.ascontiguousarray(self.images).reshape(n * h, w, 3)
+        return cv2.cvtColor(stacked, cv2.COLOR_RGB2GRAY).reshape(n, h, w)
 
 
 def crop_boxes(images: np.ndarray, boxes: np.ndarray, size: int | tuple[int, int],
@@ -283,11 +299,22 @@ def resize_batch(images: np.ndarray, max_side: int) -> np.ndarray:
     return np.stack([cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images])
 
 
+class _NotMatched(Exception):
+    """PyAV's frames could not be matched to the decoder's frame times: use the decord path."""
+
+
 class VideoDecoder:
-    """One decord reader per video: frame times once, then spans decoded at a given spec."""
+    """One reader per video: frame times once (decord's index), then spans decoded at a given spec.
+
+    ``max_side``: the long side of decoded frames (None = the displayed size); ``size``: an exact
+    (width, height) instead, aspect ratio not kept (networks with a fixed input, e.g. TransNetV2's
+    48x27). ``threads``: decoder threads of the single-pass PyAV decode of :meth:`span` with a union
+    :class:`FrameSpec` (frame threading: with 2 threads on 2 cores it decodes about as fast as
+    ``ffmpeg -f null`` with its default threads)."""
 
     def __init__(self, path: str, rotation: int = 0, max_side: int | None = 480,
-                 display_size: tuple[int | None, int | None] = (None, None)):
+                 display_size: tuple[int | None, int | None] = (None, None),
+                 size: tuple[int, int] | None = None, threads: int = 2):
         import decord
         self._decord = decord
         # decord2 applies the display matrix itself: frames come out in display orientation and
@@ -300,17 +327,24 @@ class VideoDecoder:
             except decord.DECORDError as e:
                 raise MediaError(f"decoder cannot open the video: {str(e).splitlines()[0]}") from None
             del probe_reader
-        scale = min(1.0, max_side / max(h, w)) if h and w and max_side else 1.0
-        # decord resizes inside the decoder: keep even sizes
-        self.width = max(2, int(round(w * scale / 2) * 2))
-        self.height = max(2, int(round(h * scale / 2) * 2))
+        self.display_size = (w, h)
+        self.max_side = max_side
+        if size is not None:
+            self.width, self.height = size
+        else:
+            self.width, self.height = self._fit(max_side)
+        # decord's resize returns garbage (4 channels) at odd sizes: decode at twice the size and
+        # halve it (an exact 2x2 area average)
+        self._halve = bool(self.width % 2 or self.height % 2)
+        dw, dh = (2 * self.width, 2 * self.height) if self._halve else (self.width, self.height)
         try:
-            self.reader = decord.VideoReader(path, width=self.width, height=self.height, num_threads=1)
+            self.reader = decord.VideoReader(path, width=dw, height=dh, num_threads=1)
         except decord.DECORDError as e:
             raise MediaError(f"decoder cannot open the video: {str(e).splitlines()[0]}") from None
         self.scale = self.width / w if w else 1.0  # decoded / displayed size
         self.rotation = rotation  # informational: decord already rotated the frames
         self.path = path
+        self.threads = max(1, min(int(threads), os.cpu_count() or 1))
         self.backend = "decord"
         n = len(self.reader)
         if n == 0:
@@ -319,18 +353,46 @@ class VideoDecoder:
         self.times = ts[:, 0].astype(np.float64)
         self.fps = float(self.reader.get_avg_fps()) or (n / max(self.times[-1], 1e-6))
 
+    def _fit(self, max_side: int | None) -> tuple[int, int]:
+        """Even (width, height) of a frame whose long side is at most ``max_side``."""
+        w, h = self.display_size
+        scale = min(1.0, max_side / max(h, w)) if h and w and max_side else 1.0
+        return max(2, int(round(w * scale / 2) * 2)), max(2, int(round(h * scale / 2) * 2))
+
     def __len__(self) -> int:
         return len(self.times)
 
-    def span(self, start_s: float, end_s: float, fps: float | None = None) -> Frames:
+    def span(self, start_s: float, end_s: float, fps: "float | None | FrameSpec" = None) -> Frames:
+        """The frames with start_s <= time < end_s, every frame or sampled at ``fps``.
+
+        ``fps`` may be a union :class:`FrameSpec` (``FrameSpec.union``): then every frame of the span
+        is decoded once and each of its parts gets its frames at its own rate and size, converted
+        straight from the decoded picture; ``frames.sample(part.fps, part.max_side)`` returns them.
+        The returned Frames' own images are those of the part with the most frames."""
+        parts = fps.parts if isinstance(fps, FrameSpec) else ()
+        if isinstance(fps, FrameSpec):
+            fps = fps.fps
         idx = np.nonzero((self.times >= start_s - 1e-6) & (self.times < end_s - 1e-6))[0]
         if len(idx) == 0:
             return Frames(np.zeros((0, self.height, self.width, 3), np.uint8), np.zeros(0), self.fps,
                           idx, scale=self.scale)
+        if parts and not self.rotation:
+            try:
+                return self._views(idx, parts)
+            except _NotMatched:
+                pass
+        frames = self._span(idx, fps)
+        if parts:  # rotated, or timestamps PyAV and decord disagree on: views from one decode
+            frames.views = {(p.fps, p.max_side): frames.sample(p.fps, p.max_side) for p in parts}
+        return frames
+
+    def _span(self, idx: np.ndarray, fps: float | None) -> Frames:
         if self.backend == "decord":
             keep = _thin(self.times[idx], fps, self.fps)
             try:
                 images = self.reader.get_batch(idx[keep]).asnumpy()
+                if self._halve:
+                    images = _halve(images)
                 return Frames(images=images, times=self.times[idx[keep]], fps=self.fps,
                               indices=idx[keep], scale=self.scale)
             except self._decord.DECORDError:
@@ -342,6 +404,61 @@ class VideoDecoder:
         keep = _thin(self.times[idx], fps, self.fps)
         return Frames(images=images[keep], times=self.times[idx[keep]], fps=self.fps, indices=idx[keep],
                       scale=self.scale)
+
+    def _views(self, idx: np.ndarray, parts: tuple[FrameSpec, ...]) -> Frames:
+        """One PyAV decode of the frames ``idx``; each part's frames converted (sws, area filter)
+        straight to its own size. Frames are matched to decord's index by timestamp."""
+        import av
+        from av.video.reformatter import VideoReformatter
+
+        times = self.times[idx]
+        plans = []   # per part: key, kept positions, size, output array, reformatter
+        wanted: dict[int, list[tuple[int, int]]] = {}  # position -> [(plan, slot)]
+        for k, part in enumerate(parts):
+            keep = _thin(times, part.fps, self.fps)
+            w, h = self._fit(part.max_side)
+            plans.append(((part.fps, part.max_side), keep, (w, h),
+                          np.empty((len(keep), h, w, 3), np.uint8), VideoReformatter()))
+            for slot, pos in enumerate(keep):
+                wanted.setdefault(int(pos), []).append((k, slot))
+        done = np.zeros(len(times), bool)
+        tol = 1e-3
+        try:
+            with av.open(self.path) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                stream.codec_context.thread_count = self.threads
+                tb = float(stream.time_base)
+                t0 = stream.start_time
+                if t0 is None or not tb:
+                    raise _NotMatched
+                if times[0] > 0:   # to the keyframe at or before the span's first frame
+                    container.seek(int(t0 + times[0] / tb), stream=stream, backward=True)
+                for frame in container.decode(stream):
+                    if frame.pts is None:
+                        raise _NotMatched
+                    t = (frame.pts - t0) * tb
+                    if t > times[-1] + tol:
+                        break
+                    pos = int(np.searchsorted(times, t - tol))
+                    if pos >= len(times) or abs(times[pos] - t) > tol:
+                        continue
+                    done[pos] = True
+                    for k, slot in wanted.get(pos, ()):
+                        (w, h), out, ref = plans[k][2], plans[k][3], plans[k][4]
+                        out[slot] = ref.reformat(frame, width=w, height=h, format="rgb24",
+                                                 interpolation="AREA").to_ndarray()
+        except (av.FFmpegError, OSError):
+            raise _NotMatched from None
+        if not done[[p for p in wanted]].all():
+            raise _NotMatched
+        views = {}
+        for key, keep, (w, _), images, _ in plans:
+            views[key] = Frames(images=images, times=times[keep], fps=self.fps, indices=idx[keep],
+                                scale=w / self.display_size[0] if self.display_size[0] else 1.0)
+        densest = max(views.values(), key=len)
+        return Frames(images=densest.images, times=densest.times, fps=self.fps,
+                      indices=densest.indices, scale=densest.scale, views=views)
 
     def _ffmpeg_span(self, first_t: float, last_t: float, expected: int) -> np.ndarray:
         """Every frame from ``first_t`` to ``last_t`` through an ffmpeg rawvideo pipe (which also
@@ -358,6 +475,13 @@ class VideoDecoder:
             raise MediaError(f"decode failed between {first_t:.2f}s and {last_t:.2f}s: "
                              f"{msg[-1] if msg else 'no frames'}")
         return np.frombuffer(r.stdout[: n * w * h * 3], np.uint8).reshape(n, h, w, 3)
+
+
+def _halve(images: np.ndarray) -> np.ndarray:
+    """(N, 2H, 2W, C) -> (N, H, W, C): the mean of each 2x2 block, rounded."""
+    n, h2, w2, c = images.shape
+    blocks = images.reshape(n, h2 // 2, 2, w2 // 2, 2, c).astype(np.uint16)
+    return ((blocks.sum(axis=(2, 4)) + 2) // 4).astype(np.uint8)
 
 
 def _thin(times: np.ndarray, fps: float | None, native_fps: float) -> np.ndarray:

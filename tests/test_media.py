@@ -101,3 +101,30 @@ def test_hevc_mov_decodes_every_frame(media):
     frames = dec.span(0.0, 10.0)
     assert len(frames) == 169 and frames.images.shape[1:] == (270, 480, 3)
     assert np.all(np.diff(frames.times) > 0) and frames.images[-1].mean() > 5
+
+
+def test_union_spec_decodes_once_into_each_view(media):
+    # quality (2 fps at 480 px) and temporal (every frame at 160 px) from one decode of the span:
+    # the same frames and times as decoding each spec on its own, pictures within a grey level or two
+    from curation.media import FrameSpec
+    spec = FrameSpec.union([FrameSpec(2.0, 480), FrameSpec(None, 160)])
+    assert (spec.fps, spec.max_side) == (None, 480) and len(spec.parts) == 2
+    for name, shape480, shape160 in (("dj_video4.mp4", (360, 480), (120, 160)),
+                                     ("pf_face_noface.mov", (270, 480), (90, 160))):
+        dec = VideoDecoder(str(media / name), max_side=480)
+        frames = dec.span(2.0, 4.0, spec)
+        q, t = frames.sample(2.0, 480), frames.sample(None, 160)
+        alone = VideoDecoder(str(media / name), max_side=160).span(2.0, 4.0)
+        assert np.array_equal(t.times, alone.times) and t.images.shape[1:3] == shape160
+        assert np.abs(t.images.astype(int) - alone.images.astype(int)).mean() < 2.5
+        assert len(q) == 4 and q.images.shape[1:3] == shape480
+        assert np.array_equal(q.times, dec.span(2.0, 4.0, 2.0).times)
+        assert q.scale == pytest.approx(480 / max(dec.display_size), abs=0.01)
+
+
+def test_exact_size_for_networks(media):
+    # TransNetV2 wants 48x27 (odd height): decoded at twice the size and halved
+    dec = VideoDecoder(str(media / "fr_short_hamilton_clip.mp4"), size=(48, 27))
+    frames = dec.span(0.0, 1.0)
+    assert frames.images.shape == (30, 27, 48, 3) and frames.times[0] == 0.0
+    assert 5 < frames.images.mean() < 250
