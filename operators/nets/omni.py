@@ -10,7 +10,9 @@ What it computes, for one clip (frames + 16 kHz audio + the clip's ASR sentence 
 - listener clips (``listener=True``, decided upstream from the frame states) get only time-invariant
   captions: appearance, personality, relation (LPM §2.3); no span or behaviour captions;
 - optionally, dense behaviour captions every ``BEHAVIOUR_INTERVAL_S`` seconds (FlowAct-R1 §2.2:
-  "detailed human behaviours within short-range intervals", used for streaming control).
+  "detailed human behaviours within short-range intervals", used for streaming control);
+- ``silent_verification``: LongCat §2.3's two-judgement rule for silent clips (Omni's class and the
+  per-frame speak/listen/idle/discard states must both say "not speaking").
 
 Inputs the model sees: frames at ``FRAME_FPS`` frames per second (2 fps, the Qwen2.5-Omni
 processor's default, two frames per temporal patch, so one visual time step per second) and the
@@ -42,6 +44,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -49,8 +52,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from operators.nets import MissingWeights, weight_path
-from schemas.taxonomy import (LISTENER_FIELDS, SCENE_CLASSES, TAG_KEYS, TAG_VOCAB, CaptionInvalid,
-                              validate_caption)
+from schemas.taxonomy import (LISTENER_FIELDS, NOT_SPEAKING_CLASSES, SCENE_CLASSES, TAG_KEYS, TAG_VOCAB,
+                              CaptionInvalid, validate_caption)
 
 FRAME_FPS = 2.0              # frames per second given to the model (Qwen2.5-Omni processor default)
 AUDIO_SR = 16000             # Whisper feature extractor rate of Qwen-Omni's audio encoder
@@ -110,15 +113,19 @@ def sample_frames(frames: np.ndarray, times_s: Sequence[float], fps: float = FRA
                   start_s: float | None = None, end_s: float | None = None) -> np.ndarray:
     """Pick from decoded ``frames`` (with their times) the ones nearest to a ``fps`` grid.
 
-    The grid runs from ``start_s`` (default: the first time) in steps of 1/fps up to ``end_s``
-    (default: the last time); returns (K, H, W, 3), K >= 1.
+    The grid runs from ``start_s`` (default: the first time) in steps of 1/fps, up to and including
+    the last frame time, or up to but excluding ``end_s`` when given (so a 4 s span at 2 fps gives 8
+    frames and ``len(frames) / fps`` is the span's length); returns (K, H, W, 3), K >= 1.
     """
     t = np.asarray(times_s, dtype=np.float64)
     if len(t) == 0:
         raise ValueError("no frames to sample")
     t0 = t[0] if start_s is None else start_s
-    t1 = t[-1] if end_s is None else end_s
-    grid = t0 + np.arange(max(1, int(math.floor((t1 - t0) * fps + 1e-6)) + 1)) / fps
+    if end_s is None:
+        n = int(math.floor((t[-1] - t0) * fps + 1e-6)) + 1
+    else:
+        n = int(math.ceil((end_s - t0) * fps - 1e-6))
+    grid = t0 + np.arange(max(1, n)) / fps
     idx = np.abs(t[None, :] - grid[:, None]).argmin(axis=1)
     return np.asarray(frames)[idx]
 
@@ -331,6 +338,21 @@ def parse_output(text: str, req: OmniRequest, tokens: Sequence[tuple[str, float]
         raise MalformedOutput(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
+@dataclass
+class CaptionResult:
+    """The outcome of one request of ``caption_many``: a record or a one-line error."""
+    index: int                  # position in the input list
+    record: dict | None         # parse_output's record (+ attempts) when it worked
+    error: str | None           # "ExceptionType: message", one line, when it did not
+    seconds: float              # wall time of this item, retries included
+
+
+def error_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters)."""
+    msg = (str(e).splitlines() or [""])[0] or type(e).__name__
+    return f"{type(e).__name__}: {msg}"[:300]
+
+
 GenerateFn = Callable[[OmniRequest, "str | None"], "tuple[str, Sequence[tuple[str, float]] | None]"]
 
 
@@ -351,6 +373,27 @@ def caption_with_retry(generate: GenerateFn, req: OmniRequest) -> dict:
         record["attempts"] = attempt
         return record
     raise OmniOutputError(f"malformed Omni output twice: {note}"[:300])
+
+
+def silent_verification(scene_class: str | None, frame_states: Sequence[str] | None,
+                        max_speak_ratio: float = 0.0) -> dict:
+    """LongCat §2.3: a clip is silent only when two independent judgements agree that the subject
+    is not speaking.
+
+    Judgement 1, ``silent_omni``: Omni's scene class is one of ``NOT_SPEAKING_CLASSES`` (silence,
+    listen_dialogue, listen_nondialogue). Judgement 2, ``silent_frames``: the per-frame speak / listen /
+    idle / discard states of the subject (lip motion + voice activity, SPEC item 9) have at most
+    ``max_speak_ratio`` of frames in ``speak`` and none in ``discard`` (lips moving without speech is
+    not clean silence). Either is None when unavailable (no class, no states); ``silent`` is True only
+    when both are True.
+    """
+    omni = None if scene_class is None else scene_class in NOT_SPEAKING_CLASSES
+    frames = None
+    if frame_states:
+        n = len(frame_states)
+        speak = sum(s == "speak" for s in frame_states) / n
+        frames = speak <= max_speak_ratio and "discard" not in frame_states
+    return {"silent_omni": omni, "silent_frames": frames, "silent": bool(omni and frames)}
 
 
 # ---- local backend ------------------------------------------------------------------------------
@@ -455,3 +498,14 @@ class OmniCaptioner:
         """The validated caption record (see parse_output) plus ``attempts``; OmniOutputError when the
         model answers malformed output twice."""
         return caption_with_retry(lambda r, note: self.generate(r, note, **generate_kwargs), req)
+
+    def caption_many(self, reqs: Sequence[OmniRequest]) -> list[CaptionResult]:
+        """Caption one request after the other; a failing item gets its error line, the rest go on."""
+        out = []
+        for i, req in enumerate(reqs):
+            t0 = time.monotonic()
+            try:
+                out.append(CaptionResult(i, self.caption(req), None, time.monotonic() - t0))
+            except Exception as e:  # noqa: BLE001 - one item's failure is recorded, never raised
+                out.append(CaptionResult(i, None, error_line(e), time.monotonic() - t0))
+        return out

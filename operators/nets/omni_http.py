@@ -33,15 +33,14 @@ import socket
 import time
 import wave
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Sequence
 from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 
-from operators.nets.omni import (AUDIO_SR, SYSTEM_PROMPT, OmniRequest, build_instruction,
-                                 caption_with_retry)
+from operators.nets.omni import (AUDIO_SR, SYSTEM_PROMPT, CaptionResult, OmniRequest, build_instruction,
+                                 caption_with_retry, error_line)
 
 
 class TransportError(RuntimeError):
@@ -50,15 +49,6 @@ class TransportError(RuntimeError):
 
 class _Retryable(Exception):
     pass
-
-
-@dataclass
-class CaptionResult:
-    """The outcome of one request of ``caption_many``: a record or a one-line error."""
-    index: int                  # position in the input list
-    record: dict | None         # omni.parse_output's record (+ attempts) when it worked
-    error: str | None           # one line when it did not
-    seconds: float              # wall time of this item, retries included
 
 
 def jpeg_data_url(frame: np.ndarray, max_side: int = 448, quality: int = 85) -> str:
@@ -208,8 +198,7 @@ class OmniHTTPClient:
                 rec = self.caption(req)
                 return CaptionResult(i, rec, None, time.monotonic() - t0)
             except Exception as e:  # noqa: BLE001 - one item's failure is recorded, never raised
-                msg = (str(e).splitlines() or [""])[0] or type(e).__name__
-                return CaptionResult(i, None, f"{type(e).__name__}: {msg}"[:300], time.monotonic() - t0)
+                return CaptionResult(i, None, error_line(e), time.monotonic() - t0)
 
         if not reqs:
             return []

@@ -19,44 +19,65 @@ torch = pytest.importorskip("torch")
 from operators.nets import MissingWeights  # noqa: E402
 from operators.nets.omni import (FRAME_FPS, MalformedOutput, OmniCaptioner, OmniOutputError,  # noqa: E402
                                  OmniRequest, behaviour_windows, build_instruction, caption_with_retry,
-                                 parse_output, sample_frames, scene_prob_from_tokens, span_units)
+                                 parse_output, sample_frames, scene_prob_from_tokens, silent_verification,
+                                 span_units)
 from schemas.taxonomy import SCENE_CLASSES, TAG_KEYS  # noqa: E402
 
-SPECIAL = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
-           "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
-           "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+SPECIAL = {  # Qwen2.5-Omni's placeholder tokens
+    "qwen2_5": {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+                "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+                "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"},
+    "qwen3": {"image_token": "<|image_pad|>", "audio_token": "<|audio_pad|>", "video_token": "<|video_pad|>",
+              "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>",
+              "audio_bos_token": "<|audio_start|>", "audio_eos_token": "<|audio_end|>"},
+}
 PIXELS = 112 * 112   # small frames: 8x8 patches of 14 px -> 16 tokens per temporal patch
 
 
-def build_tiny_omni(path) -> None:
-    """Save a random 1-layer Qwen2.5-Omni thinker with a byte-level tokenizer and its processor."""
-    from transformers import (Qwen2_5OmniProcessor, Qwen2_5OmniThinkerConfig,
-                              Qwen2_5OmniThinkerForConditionalGeneration, Qwen2Tokenizer, Qwen2VLImageProcessor,
-                              WhisperFeatureExtractor)
+def build_tiny_omni(path, family: str = "qwen2_5") -> None:
+    """Save a random 1-layer Qwen2.5-Omni (or Qwen3-Omni-MoE) thinker with a byte-level tokenizer
+    (256 byte symbols, no merges, plus the chat and placeholder tokens) and its processor."""
+    import transformers
+    from transformers import Qwen2Tokenizer, Qwen2VLImageProcessor, WhisperFeatureExtractor
     from transformers.convert_slow_tokenizer import bytes_to_unicode
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
+    special = SPECIAL[family]
     vocab = {c: i for i, c in enumerate(sorted(bytes_to_unicode().values()))}
-    for t in ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *SPECIAL.values()]:
+    for t in ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *special.values()]:
         vocab[t] = len(vocab)
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[], extra_special_tokens=dict(SPECIAL))
-    proc = Qwen2_5OmniProcessor(image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
-                                feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok)
-    ids = tok.convert_tokens_to_ids
-    cfg = Qwen2_5OmniThinkerConfig(
-        audio_config=dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
-                          d_model=16, output_dim=32, n_window=100),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
-                           fullatt_block_indexes=[0], window_size=112),
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}),
-        audio_token_index=ids("<|AUDIO|>"), image_token_index=ids("<|IMAGE|>"), video_token_index=ids("<|VIDEO|>"),
-        audio_start_token_id=ids("<|audio_bos|>"), audio_end_token_id=ids("<|audio_eos|>"))
-    cfg.vision_start_token_id = ids("<|vision_bos|>")   # read by get_rope_index, not a config field
-    cfg.vision_end_token_id = ids("<|vision_eos|>")
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], extra_special_tokens=dict(special))
+    ids = lambda key: tok.convert_tokens_to_ids(special[key])  # noqa: E731
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]})
+    audio = dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16,
+                 output_dim=32)
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32)
+    tokens = dict(audio_token_id=ids("audio_token"), image_token_id=ids("image_token"),
+                  video_token_id=ids("video_token"), audio_start_token_id=ids("audio_bos_token"))
+    if family == "qwen2_5":
+        patch, prefix = 14, "Qwen2_5Omni"
+        vision.update(fullatt_block_indexes=[0], window_size=112)
+        audio.update(n_window=100)
+        tokens = {k.replace("_id", "_index") if k in ("audio_token_id", "image_token_id", "video_token_id") else k: v
+                  for k, v in tokens.items()}
+    else:
+        patch, prefix = 16, "Qwen3OmniMoe"
+        vision.update(deepstack_visual_indexes=[0], num_position_embeddings=64)
+        audio.update(downsample_hidden_size=8)
+        text.update(moe_intermediate_size=16, num_experts=2, num_experts_per_tok=1, head_dim=16)
+        text["rope_parameters"]["mrope_interleaved"] = True
+    proc = getattr(transformers, f"{prefix}Processor")(
+        image_processor=Qwen2VLImageProcessor(patch_size=patch), video_processor=Qwen2VLVideoProcessor(patch_size=patch),
+        feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok)
+    cfg = getattr(transformers, f"{prefix}ThinkerConfig")(audio_config=audio, vision_config=vision, text_config=text,
+                                                          **tokens)
+    cfg.vision_start_token_id = ids("vision_bos_token")   # read by get_rope_index, not a config field
+    cfg.vision_end_token_id = ids("vision_eos_token")
+    cfg.audio_end_token_id = ids("audio_eos_token")
     torch.manual_seed(0)
-    Qwen2_5OmniThinkerForConditionalGeneration(cfg).save_pretrained(path)
+    getattr(transformers, f"{prefix}ThinkerForConditionalGeneration")(cfg).save_pretrained(path)
     proc.save_pretrained(path)
 
 
@@ -77,7 +98,7 @@ def clip(media):
     """vr_face1.mp4, first 4 s: frames at 2 fps (8 frames) and the 16 kHz audio."""
     from curation.media import load_audio
     fr = frames_of(media / "vr_face1.mp4", 0.0, 4.0, max_side=224)
-    frames = sample_frames(fr.images, fr.times, FRAME_FPS, start_s=0.0, end_s=3.99)
+    frames = sample_frames(fr.images, fr.times, FRAME_FPS, start_s=0.0, end_s=4.0)
     audio = load_audio(str(media / "vr_face1.mp4"), 16000, 0.0, 4.0)
     return frames, audio
 
@@ -186,12 +207,24 @@ def test_generate_runs_and_random_output_fails_twice(captioner, clip):
     with pytest.raises(OmniOutputError, match="^malformed Omni output twice: ") as e:
         captioner.caption(req)
     assert "\n" not in str(e.value)
+    # per-item results: an input the processor rejects does not stop the next item
+    empty = OmniRequest(frames=np.zeros((0, 112, 112, 3), np.uint8), audio=None, duration_s=1.0)
+    bad, rnd = captioner.caption_many([empty, req])
+    assert bad.index == 0 and bad.record is None and bad.error and "\n" not in bad.error
+    assert rnd.index == 1 and rnd.error.startswith("OmniOutputError: malformed Omni output twice")
+
+
+def test_sample_frames_on_a_2_fps_grid(media):
+    fr = frames_of(media / "vr_face1.mp4", 0.0, 4.0, max_side=224)
+    picked = sample_frames(np.arange(len(fr.times)), fr.times, 2.0, start_s=0.0, end_s=4.0)
+    assert len(picked) == 8
+    assert np.abs(fr.times[picked] - np.arange(8) / 2.0).max() <= 0.5 / fr.fps + 1e-6
 
 
 def test_forced_answer_through_real_generate(captioner, clip):
     """Force the tiny model to emit a valid answer: the real generate, token log-probs and parsing run."""
     req = _request(clip)
-    target = _answer(req, tags={"emotion": ["Neutral", "bliss"], "shot_size": ["close up"]})
+    target = _answer(req, tags={"emotion": ["Neutral", "bliss"], "shot_size": ["close up"]}).replace(", ", ",")
     want = captioner.tokenizer(target, add_special_tokens=False)["input_ids"]
     n_in = captioner.build_inputs(req)["input_ids"].shape[1]
     text, tokens = captioner.generate(req, max_new_tokens=len(want),
@@ -210,6 +243,51 @@ def test_forced_answer_through_real_generate(captioner, clip):
     assert rec["tags"]["emotion"] == ["neutral"] and rec["tags"]["shot_size"] == ["close_up"]
     assert rec["tags_dropped"] == ["emotion:bliss"] and rec["tags"]["motion"] == []
     assert rec["listener_captions"] is None and rec["behaviour_captions"] is None
+
+
+def test_qwen3_omni_thinker(tmp_path, clip):
+    build_tiny_omni(tmp_path, "qwen3")
+    cap = OmniCaptioner(tmp_path, max_new_tokens=6, max_pixels=128 * 128, min_pixels=64 * 64)
+    assert cap.backend.startswith("transformers:qwen3_omni_moe_thinker:")
+    req = _request(clip)
+    inputs = cap.build_inputs(req)
+    ids = inputs["input_ids"][0].tolist()
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    assert t == 4 and ids.count(cap.tokenizer.video_token_id) == t * h * w // 4
+    assert ids.count(cap.tokenizer.audio_token_id) == 52         # Qwen3-Omni: 13 audio tokens per second
+    assert cap.tokenizer.decode(ids).count("<|vision_start|><|audio_start|>") == 1
+    text, tokens = cap.generate(req)
+    assert 1 <= len(tokens) <= 6 and "".join(p for p, _ in tokens) == text
+
+
+def test_full_omni_checkpoint_loads_its_thinker(tmp_path, model_dir):
+    """A full Qwen2.5-Omni checkpoint (thinker + speaker file) is loaded without its talker."""
+    from transformers import (AutoConfig, AutoProcessor, Qwen2_5OmniConfig,
+                              Qwen2_5OmniForConditionalGeneration)
+    cfg = Qwen2_5OmniConfig(thinker_config=AutoConfig.from_pretrained(model_dir).to_dict(), enable_audio_output=False)
+    full = Qwen2_5OmniForConditionalGeneration(cfg)
+    full.save_pretrained(tmp_path)
+    AutoProcessor.from_pretrained(model_dir).save_pretrained(tmp_path)
+    with pytest.raises(MissingWeights, match=str(tmp_path / "spk_dict.pt")):
+        OmniCaptioner(tmp_path)
+    torch.save({}, tmp_path / "spk_dict.pt")
+    cap = OmniCaptioner(tmp_path)
+    assert type(cap.model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    ref = full.thinker.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in cap.model.state_dict().items())
+
+
+def test_silent_needs_two_agreeing_judgements():
+    idle = ["idle"] * 40 + ["listen"] * 10
+    assert silent_verification("silence", idle) == {"silent_omni": True, "silent_frames": True, "silent": True}
+    assert silent_verification("listen_dialogue", idle)["silent"] is True
+    assert silent_verification("speak", idle) == {"silent_omni": False, "silent_frames": True, "silent": False}
+    talking = idle[:-5] + ["speak"] * 5
+    assert silent_verification("silence", talking) == {"silent_omni": True, "silent_frames": False, "silent": False}
+    assert silent_verification("silence", talking, max_speak_ratio=0.2)["silent"] is True
+    assert silent_verification("silence", idle[:-1] + ["discard"])["silent_frames"] is False
+    assert silent_verification("silence", None) == {"silent_omni": True, "silent_frames": None, "silent": False}
+    assert silent_verification(None, idle)["silent"] is False
 
 
 # ---- parsing, validation and retry ---------------------------------------------------------------

@@ -124,7 +124,7 @@ def server():
 def clip(media):
     from curation.media import load_audio
     fr = frames_of(media / "vr_face1.mp4", 0.0, 4.0, max_side=320)
-    frames = sample_frames(fr.images, fr.times, FRAME_FPS, start_s=0.0, end_s=3.99)
+    frames = sample_frames(fr.images, fr.times, FRAME_FPS, start_s=0.0, end_s=4.0)
     return frames, load_audio(str(media / "vr_face1.mp4"), 16000, 0.0, 4.0)
 
 
