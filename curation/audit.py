@@ -5,11 +5,12 @@ import json
 import os
 import random
 import subprocess
+from typing import Callable
 
 import numpy as np
 
-from curation.media import MediaError, VideoDecoder, local_path
-from curation.store import Store, StoreError, sql_quote
+from curation.media import MediaError, VideoDecoder, file_size, local_path
+from curation.store import Store, StoreError, one_line, sql_quote
 
 # Scores shown on a contact sheet when the clip has them (first ones first).
 KEY_SCORES = ("duration_s", "speech_ratio", "sharpness", "brightness_mean", "text_coverage", "still_score",
@@ -17,7 +18,11 @@ KEY_SCORES = ("duration_s", "speech_ratio", "sharpness", "brightness_mean", "tex
 
 
 def sample_clips(uri: str, where: str | None, n: int, out_dir: str, seed: int = 0,
-                 n_frames: int = 8) -> list[dict]:
+                 n_frames: int = 8, on_skip: Callable[[str, str], None] | None = None) -> list[dict]:
+    """Write a contact sheet, an mp4 excerpt and the metadata of ``n`` random clips matching
+    ``where``. A clip whose source video is gone is skipped (``on_skip(clip_id, reason)``) and
+    another matching clip is drawn in its place; a clip whose media fails to decode is written
+    with a ``warning``. Returns one record per written clip, sorted by clip id."""
     store = Store(uri)
     if not store.exists("clips"):
         raise StoreError(f"no clips table in {uri}")
@@ -25,12 +30,24 @@ def sample_clips(uri: str, where: str | None, n: int, out_dir: str, seed: int = 
     if not ids:
         raise StoreError(f"no clip matches {where!r}")
     rng = random.Random(seed)
-    chosen = sorted(rng.sample(ids, min(n, len(ids))))
+    first = rng.sample(ids, min(n, len(ids)))
+    taken = set(first)
+    rest = [i for i in ids if i not in taken]
+    rng.shuffle(rest)
+    queue = sorted(first) + rest
     os.makedirs(out_dir, exist_ok=True)
     written = []
-    for cid in chosen:
+    for cid in queue:
+        if len(written) >= n:
+            break
         clip = store.query("clips", where=f"clip_id = {sql_quote(cid)}").to_pylist()[0]
-        video = store.query("videos", where=f"video_id = {sql_quote(clip['video_id'])}").to_pylist()[0]
+        videos = store.query("videos", where=f"video_id = {sql_quote(clip['video_id'])}").to_pylist()
+        gone = "its video row is missing" if not videos else _source_gone(videos[0]["uri"])
+        if gone:
+            if on_skip:
+                on_skip(cid, gone)
+            continue
+        video = videos[0]
         stem = os.path.join(out_dir, cid.replace(":", "_"))
         rec = {"clip_id": cid, "png": stem + ".png", "mp4": stem + ".mp4", "json": stem + ".json"}
         with open(rec["json"], "w") as f:
@@ -39,10 +56,26 @@ def sample_clips(uri: str, where: str | None, n: int, out_dir: str, seed: int = 
             with local_path(video["uri"]) as path:
                 contact_sheet(path, video, clip, rec["png"], n_frames)
                 cut_clip(path, clip["start_s"], clip["end_s"], rec["mp4"])
-        except (MediaError, OSError) as e:
-            rec["warning"] = str(e)
+        except Exception as e:  # noqa: BLE001 - one bad clip (decoder error) never ends the sample
+            rec["warning"] = one_line(e)
         written.append(rec)
-    return written
+    return sorted(written, key=lambda r: r["clip_id"])
+
+
+def _source_gone(uri: str) -> str | None:
+    """Why the video file at ``uri`` cannot be read any more, or None when it is there."""
+    try:
+        if "://" not in uri or uri.startswith("file://"):
+            path = uri.removeprefix("file://")
+            if not os.path.exists(path):
+                return f"source file is gone: {uri}"
+            if not os.access(path, os.R_OK):
+                return f"source file is not readable: {uri}"
+            return None
+        file_size(uri)
+        return None
+    except (OSError, MediaError) as e:
+        return f"source file is gone: {uri} ({one_line(e, 120)})"
 
 
 def _plain(row: dict) -> dict:

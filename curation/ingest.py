@@ -214,6 +214,7 @@ def ingest(store: Store, uris: list[str], run_id: str) -> Ingested:
             fresh.add(uri)
 
     out_ids: list[str] = []
+    seen: set[str] = set()
     failed: dict[str, str] = {}
     good_rows, bad_rows = [], []
     for uri in uris:
@@ -223,14 +224,16 @@ def ingest(store: Store, uris: list[str], run_id: str) -> Ingested:
             if vid not in failed:
                 failed[vid] = st
                 out_ids.append(vid)
+                seen.add(vid)
                 bad_rows.append({"video_id": vid, "uri": uri, "size_bytes": None, "mtime_ns": None,
                                  "schema_version": SCHEMA_VERSION, "run_id": run_id, "error": st,
                                  "error_stage": "ingest"})
             continue
         vid = ids[uri]
-        if vid in out_ids:  # the same content twice under two names: one video
+        if vid in seen:  # the same content twice under two names: one video
             continue
         out_ids.append(vid)
+        seen.add(vid)
         if uri in fresh:    # errors of earlier runs stay until the step that made them succeeds
             good_rows.append({"video_id": vid, "uri": uri, "size_bytes": st[0], "mtime_ns": st[1],
                               "schema_version": SCHEMA_VERSION, "run_id": run_id})

@@ -24,23 +24,30 @@ sample.register(app)
 
 
 def main() -> None:
+    """Entry point: every error is one line on stderr (``error: ...``, at most 300 characters, no
+    traceback, no Rust source paths) unless --debug or CURATION_DEBUG=1."""
+    import click
+
+    from curation.cli.common import error_line, fail
     debug = "--debug" in sys.argv or os.environ.get("CURATION_DEBUG") == "1"
     try:
         app(standalone_mode=False)
     except SystemExit:
         raise
-    except typer.Exit as e:
+    except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
+    except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         sys.exit(130)
+    except click.ClickException as e:  # usage errors: one line, with where to find the usage
+        hint = ""
+        if isinstance(e, click.UsageError) and e.ctx is not None:
+            hint = f" (see: {e.ctx.command_path} --help)"
+        print(f"error: {error_line(e.format_message(), 290 - len(hint))}{hint}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - one clear line unless --debug
-        import click
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
         if debug:
             raise
-        msg = str(e).strip().splitlines()
-        print(f"error: {msg[0] if msg else type(e).__name__}", file=sys.stderr)
-        sys.exit(getattr(e, "exit_code", 1))
+        fail(error_line(e))
+        code = getattr(e, "exit_code", 1)
+        sys.exit(code if isinstance(code, int) and code > 0 else 1)

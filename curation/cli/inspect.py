@@ -26,9 +26,12 @@ def register(app: typer.Typer) -> None:
         fmt: str = typer.Option("table", "--format", "-f", help="table, jsonl or csv"),
     ):
         """Print the rows of TABLE that match WHERE."""
+        from curation.sql import validate_where
         from curation.store import Store
         if fmt not in FORMATS:
             raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
+        if where is not None:
+            where = validate_where(where)  # the whole predicate, before touching the store
         cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
         t = Store(store).query(table, where=where, columns=cols, limit=limit)
         rows = t.to_pylist()

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from curation.cli.common import console
+from curation.cli.common import console, warn
 
 
 def register(app: typer.Typer) -> None:
@@ -21,9 +21,14 @@ def register(app: typer.Typer) -> None:
     ):
         """For each sampled clip write CLIP.png (contact sheet), CLIP.mp4 and CLIP.json into OUT."""
         from curation.audit import sample_clips
-        written = sample_clips(store, where=where, n=n, out_dir=out, seed=seed, n_frames=frames)
+        from curation.sql import validate_where
+        if where is not None:
+            where = validate_where(where)
+        written = sample_clips(store, where=where, n=n, out_dir=out, seed=seed, n_frames=frames,
+                               on_skip=lambda cid, why: warn(f"skipped clip {cid}: {why}"))
         con = console()
         for w in written:
-            con.print(f"{w['clip_id']}: {w['png']}  {w['mp4']}  {w['json']}"
-                      + (f"  [yellow]({w['warning']})" if w.get("warning") else ""))
+            con.print(f"{w['clip_id']}: {w['png']}  {w['mp4']}  {w['json']}")
+            if w.get("warning"):
+                warn(f"{w['clip_id']}: {w['warning']}")
         Console(stderr=True).print(f"{len(written)} clip(s) written to {out}")
