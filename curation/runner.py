@@ -26,13 +26,12 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import pyarrow as pa
 
 from curation.operator import StepResult, key_of, one_line, run_stage
-from curation.media import VIDEO_EXTENSIONS, MediaError, content_id, file_size
+from curation.ingest import ingest, resolve_inputs  # noqa: F401 - resolve_inputs is re-exported
 from curation.store import Store, sql_quote
 from curation.workflow import Step, Workflow
 from schemas import KEYS, SCHEMA_VERSION
@@ -48,72 +47,6 @@ def new_run_id() -> str:
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-# ---- inputs (ingest) ----------------------------------------------------------------------------------------
-def resolve_inputs(paths: Iterable[str]) -> list[str]:
-    """Files as given; directories expanded (recursively) to files with a video extension."""
-    out: list[str] = []
-    for p in paths:
-        if "://" in p:
-            out.extend(_resolve_remote(p))
-            continue
-        path = Path(p)
-        if path.is_dir():
-            out.extend(str(f.resolve()) for f in sorted(path.rglob("*"))
-                       if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
-        elif path.exists():
-            out.append(str(path.resolve()))
-        else:
-            raise FileNotFoundError(f"input not found: {p}")
-    seen, uniq = set(), []
-    for u in out:
-        if u not in seen:
-            seen.add(u)
-            uniq.append(u)
-    return uniq
-
-
-def _resolve_remote(uri: str) -> list[str]:
-    import pyarrow.fs as pafs
-    fs, path = pafs.FileSystem.from_uri(uri)
-    info = fs.get_file_info(path)
-    scheme = uri.split("://", 1)[0]
-    if info.type == pafs.FileType.File:
-        return [uri]
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return sorted(f"{scheme}://{i.path}" for i in infos
-                  if i.type == pafs.FileType.File and Path(i.path).suffix.lower() in VIDEO_EXTENSIONS)
-
-
-def ingest(store: Store, uris: list[str], run_id: str) -> list[str]:
-    """Upsert one ``videos`` row per input (id = content hash); return the video ids."""
-    rows, bad, ids = [], [], []
-    for uri in uris:
-        try:
-            vid, size, err = content_id(uri), file_size(uri), None
-        except (OSError, MediaError) as e:
-            import hashlib
-            vid = "uri-" + hashlib.blake2b(uri.encode(), digest_size=10).hexdigest()
-            size, err = None, f"cannot read file: {e}"
-        if vid in ids:  # the same content twice under two names: one video
-            continue
-        ids.append(vid)
-        row = {"video_id": vid, "uri": uri, "size_bytes": size, "schema_version": SCHEMA_VERSION,
-               "run_id": run_id}
-        if err:
-            bad.append({**row, "error": err, "error_stage": "ingest"})
-        else:  # errors of earlier runs stay until the step that made them succeeds
-            rows.append(row)
-    for group, cols in ((rows, _INGEST), (bad, _INGEST + ("error", "error_stage"))):
-        if group:
-            from schemas import VIDEOS
-            store.upsert("videos", pa.Table.from_pylist(
-                group, schema=pa.schema([VIDEOS.field(c) for c in cols])))
-    return ids
-
-
-_INGEST = ("video_id", "uri", "size_bytes", "schema_version", "run_id")
 
 
 # ---- the worker side -------------------------------------------------------------------------------
@@ -443,9 +376,8 @@ class Runner:
                                     "started_at": now(), "status": "running",
                                     "schema_version": SCHEMA_VERSION}])
         got = ingest(self.store, uris, run_id)
-        video_ids = list(getattr(got, "video_ids", got))
-        summary = RunSummary(run_id=run_id, videos=len(video_ids),
-                             failed_inputs=int(getattr(got, "failed", 0) or 0))
+        video_ids = list(got)
+        summary = RunSummary(run_id=run_id, videos=len(video_ids), failed_inputs=got.n_failed)
         self._clean_staging()
         try:
             summary.steps = self._stream(video_ids, forced, run_id)

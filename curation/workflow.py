@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from curation.operator import Operator, OperatorError, Resources
+from curation.sql import validate_where
 
 # Columns present before any step runs (written by ingest).
 INGEST_COLUMNS = {"videos": {"video_id", "uri", "size_bytes", "schema_version", "run_id"}}
@@ -266,14 +267,9 @@ def load(path_or_text: str | Path, registry: dict[str, type[Operator]] | None = 
             raise WorkflowError(f"{source}: filter {i + 1} needs 'name' and 'where'")
         fname = str(f.get("name", f"filter_{i + 1}"))
         try:
-            from curation.sql import validate_where
-        except ImportError:   # the SQL checker is optional only while it is being written
-            validate_where = None
-        if validate_where is not None:
-            try:
-                validate_where(str(f["where"]))
-            except ValueError as e:
-                raise WorkflowError(f"filter {fname!r}: {e}") from None
+            validate_where(str(f["where"]))
+        except ValueError as e:
+            raise WorkflowError(f"filter {fname!r}: {e}") from None
         filters.append(Filter(name=fname, where=str(f["where"])))
     wf = Workflow(name=str(doc.get("name") or p.stem), steps=steps, filters=filters, text=text,
                   description=str(doc.get("description") or ""))

@@ -35,19 +35,19 @@ class Audio(Operator):
 
     def setup(self) -> None:
         import torch
-        from silero_vad import get_speech_timestamps, load_silero_vad
+
+        from operators.nets.vad import SileroVAD
         torch.set_num_threads(1)
-        self._torch = torch
-        self._model = load_silero_vad()      # TorchScript model bundled in the wheel: no download
-        self._timestamps = get_speech_timestamps
-        from importlib.metadata import version
-        self._backend = f"silero-vad {version('silero-vad')} (jit, bundled model)"
+        self._vad = SileroVAD(threshold=self.p["threshold"], min_speech_ms=self.p["min_speech_ms"],
+                              min_silence_ms=self.p["min_silence_ms"],
+                              speech_pad_ms=self.p["speech_pad_ms"])   # model bundled in the wheel
+        self._backend = self._vad.backend
 
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
         if not video.get("has_audio"):
             return [{"speech_segments": [], "speech_ratio": 0.0, "speech_s": 0.0, "has_speech": False,
                      "audio_rms_db": None, "vad_backend": "no-audio"}]
-        if not hasattr(self, "_model"):
+        if not hasattr(self, "_vad"):
             self.setup()
         with local_path(video["uri"]) as path:
             wav = load_audio(path, SAMPLE_RATE)
@@ -55,13 +55,7 @@ class Audio(Operator):
         if len(wav) == 0:
             return [{"speech_segments": [], "speech_ratio": 0.0, "speech_s": 0.0, "has_speech": False,
                      "audio_rms_db": None, "vad_backend": self._backend}]
-        stamps = self._timestamps(
-            self._torch.from_numpy(wav), self._model, sampling_rate=SAMPLE_RATE,
-            threshold=self.p["threshold"], min_speech_duration_ms=self.p["min_speech_ms"],
-            min_silence_duration_ms=self.p["min_silence_ms"], speech_pad_ms=self.p["speech_pad_ms"],
-            return_seconds=False)
-        self._model.reset_states()
-        segments = [{"start_s": s["start"] / SAMPLE_RATE, "end_s": s["end"] / SAMPLE_RATE} for s in stamps]
+        segments = self._vad.segments(wav)
         speech = sum(s["end_s"] - s["start_s"] for s in segments)
         rms = float((wav.astype("float64") ** 2).mean() ** 0.5)
         return [{"speech_segments": segments, "speech_ratio": min(1.0, speech / duration) if duration else 0.0,

@@ -1,0 +1,125 @@
+"""asd: active-speaker scores per frame of each person clip (Light-ASD or LR-ASD, released weights).
+
+For each person-centric clip (``clip_kind = 'person'``), the clip's frames at 25 fps and the video's
+own size are cropped around the track's face box with the networks' geometry (ASD.md §1.2: median
+smoothed box, 0.40 padding, grey centre 112 px: nose, mouth, chin), and scored with the 16 kHz audio
+of the same span (MFCC at 100 Hz, 4 rows per frame). Frames without a face box near them take the
+nearest face box of the track within ``max_gap_s``; frames with none get no score (NaN).
+
+Columns (lists aligned with ``frame_times``, seconds from the start of the video):
+- ``asd_logits``: the raw class-1 logit of the audio-visual head, mean over the six window lengths
+  of the original inference (ASD.md §1.5); the original demo calls >= 0 speaking.
+- ``asd_prob``: the network's own posterior (softmax of the same head, same averaging), not re-fitted
+  here: probability that the face's lips move in sync with the audio (speaking).
+- ``asd_backend``: network and weight file.
+Videos without audio get the error "no audio stream" on their person clips.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from curation.media import FrameSpec, MediaError, load_audio, local_path
+from curation.operator import Operator, OperatorError, Param, Resources
+from operators.nets import asd as asd_net
+
+FPS = 25.0
+
+
+def track_boxes_at(times: np.ndarray, track: dict, max_gap_s: float) -> np.ndarray:
+    """(len(times), 4) face boxes (display px) of ``track`` at ``times``: the track's nearest frame
+    with a face within ``max_gap_s``, NaN where there is none."""
+    tt = np.asarray(track.get("frame_times_s") or [], np.float64)
+    fb = track.get("face_boxes") or []
+    have = np.array([b is not None and len(b) == 4 and np.all(np.isfinite(np.asarray(b, np.float64)))
+                     for b in fb], bool) if len(fb) else np.zeros(0, bool)
+    out = np.full((len(times), 4), np.nan)
+    if not have.any():
+        return out
+    ft = tt[: len(have)][have]
+    boxes = np.asarray([b for b, h in zip(fb, have) if h], np.float64)
+    j = np.clip(np.searchsorted(ft, times), 1, len(ft) - 1) if len(ft) > 1 else np.zeros(len(times), int)
+    if len(ft) > 1:
+        left = np.abs(times - ft[j - 1]) <= np.abs(times - ft[j])
+        j = np.where(left, j - 1, j)
+    ok = np.abs(ft[j] - times) <= max_gap_s
+    out[ok] = boxes[j[ok]]
+    return out
+
+
+def fill_gaps(boxes: np.ndarray) -> np.ndarray:
+    """Hold the nearest valid box over NaN rows inside the valid range (the crop's median filter
+    needs a box on every frame it smooths)."""
+    ok = np.all(np.isfinite(boxes), axis=1)
+    if not ok.any():
+        return boxes
+    idx = np.where(ok)[0]
+    pos = np.arange(len(boxes))
+    nearest = idx[np.clip(np.searchsorted(idx, pos), 0, len(idx) - 1)]
+    prev = idx[np.clip(np.searchsorted(idx, pos, side="right") - 1, 0, len(idx) - 1)]
+    pick = np.where(np.abs(prev - pos) <= np.abs(nearest - pos), prev, nearest)
+    return boxes[pick]
+
+
+class Asd(Operator):
+    name = "asd"
+    version = "1"
+    input_table = output_table = "clips"
+    input_filter = "clip_kind = 'person'"
+    reads = ("clips.start_s", "clips.end_s", "clips.track_id", "tracks.track_id",
+             "tracks.frame_times_s", "tracks.face_boxes", "videos.has_audio")
+    writes = pa.schema([
+        pa.field("frame_times", pa.list_(pa.float64())),
+        pa.field("asd_logits", pa.list_(pa.float32())),
+        pa.field("asd_prob", pa.list_(pa.float32())),
+        pa.field("asd_backend", pa.string()),
+    ])
+    params = {
+        "network": Param("lr", choices=("lr", "light"), help="LR-ASD (IJCV 2025) or Light-ASD"),
+        "checkpoint": Param("talkset", choices=("talkset", "ava"),
+                            help="finetuned on TalkSet (in-the-wild) or pretrained on AVA"),
+        "max_gap_s": Param(0.2, help="longest stretch without a face box that borrows the nearest one"),
+    }
+    resources = Resources(num_cpus=1)
+    frames = FrameSpec(fps=FPS, max_side=None)
+    needs_model = True
+
+    def weight_files(self) -> list[str]:
+        return [asd_net.WEIGHTS[(self.p["network"], self.p["checkpoint"])]]
+
+    def setup(self) -> None:
+        import torch
+        torch.set_num_threads(max(1, int(self.resources.num_cpus)))
+        self.net = asd_net.ActiveSpeakerNet(self.model_dir, self.p["network"], self.p["checkpoint"])
+
+    def process_row(self, video: dict, row: dict, frames) -> dict:
+        if not video.get("has_audio"):
+            raise OperatorError("no audio stream: active-speaker scores need the soundtrack")
+        tracks = {t["track_id"]: t for t in video.get("tables", {}).get("tracks", [])}
+        track = tracks.get(row.get("track_id"))
+        if track is None:
+            raise OperatorError(f"track {row.get('track_id')!r} of this clip not found")
+        times = frames.times
+        boxes = track_boxes_at(times, track, float(self.p["max_gap_s"]))
+        has_face = np.all(np.isfinite(boxes), axis=1)
+        n = len(times)
+        logits = np.full(n, np.nan, np.float32)
+        prob = np.full(n, np.nan, np.float32)
+        if has_face.any():
+            lo, hi = np.where(has_face)[0][[0, -1]]
+            seg = slice(lo, hi + 1)
+            crops = asd_net.asd_crops(frames.images[seg], fill_gaps(boxes[seg]) * frames.scale)
+            start = float(times[lo])
+            with local_path(video["uri"]) as path:
+                try:
+                    audio = load_audio(path, 16000, start_s=start, duration_s=(hi - lo + 2) / FPS)
+                except MediaError as e:
+                    raise OperatorError(str(e)) from None
+            pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+            scores = self.net.score(crops, pcm)
+            logits[seg], prob[seg] = scores.logits, scores.prob
+            logits[~has_face], prob[~has_face] = np.nan, np.nan
+        return {"frame_times": [round(float(t), 4) for t in times],
+                "asd_logits": [None if not np.isfinite(x) else float(x) for x in logits],
+                "asd_prob": [None if not np.isfinite(x) else float(x) for x in prob],
+                "asd_backend": self.net.name}

@@ -1,0 +1,136 @@
+"""speaker_states: per-frame speak / listen / idle / discard probabilities of each person clip.
+
+LPM 1.0 §2.2 (SPEC item 9): the state of a visible person at a frame follows from two signals, speech
+present and lip motion synchronous with that speech:
+
+    speech present + lips in sync with it -> speak
+    speech present + lips still           -> listen
+    speech present + lips moving, not sync -> discard (inconsistent)
+    no speech      + lips still           -> idle
+    no speech      + lips moving          -> discard (unexplained lip activity)
+
+Signals per frame (25 fps, the clip's ``frame_times`` from ``asd``):
+- ``speech_present`` s: share of the frame's 40 ms covered by voice activity (``voice_segments``,
+  silero-vad on the separated vocals when separation ran, else on the mix).
+- ``lip_sync`` q: the active-speaker network's probability that the lips move with the audio
+  (``asd_prob``; a frame it did not score borrows its nearest scored neighbour within 0.12 s).
+- ``lip_motion`` m: how much the mouth moves: the standard deviation of the track's mouth opening
+  (inner-lip gap over face size, from ``people``) over a centred 0.4 s window, mapped linearly from
+  ``motion_still`` (0: still) to ``motion_moving`` (1: moving) and clipped.
+
+Probabilities (they sum to 1): speak = s q; listen = s (1 - q)(1 - m); idle = (1 - s)(1 - m);
+discard = s (1 - q) m + (1 - s) m. ``frame_states_raw`` is the most probable state per frame;
+frames without a face are ``discard``. Cross-track re-ranking, smoothing and the final
+``frame_states`` come from the ``rerank`` step.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from curation.operator import Operator, OperatorError, Param, Resources
+
+STATES = ("speak", "listen", "idle", "discard")
+STATE_PROBS = pa.struct([(s, pa.float32()) for s in STATES])
+FRAME_S = 0.04
+
+
+def speech_share(times: np.ndarray, segments: list[dict] | None, frame_s: float = FRAME_S) -> np.ndarray:
+    """Share of [t - frame_s/2, t + frame_s/2) covered by ``segments`` for each frame time."""
+    out = np.zeros(len(times))
+    a, b = times - frame_s / 2, times + frame_s / 2
+    for seg in segments or []:
+        lo, hi = seg["start_s"], seg["end_s"]
+        out += np.clip(np.minimum(b, hi) - np.maximum(a, lo), 0, None)
+    return np.clip(out / frame_s, 0.0, 1.0)
+
+
+def values_at(times: np.ndarray, src_times, src_values, max_gap_s: float) -> np.ndarray:
+    """Nearest-in-time values of a per-frame list (None -> NaN), NaN farther than ``max_gap_s``."""
+    st = np.asarray(src_times or [], np.float64)
+    sv = np.array([np.nan if v is None else float(v) for v in (src_values or [])], np.float64)
+    n = min(len(st), len(sv))
+    st, sv = st[:n], sv[:n]
+    ok = np.isfinite(sv)
+    out = np.full(len(times), np.nan)
+    if not ok.any():
+        return out
+    st, sv = st[ok], sv[ok]
+    j = np.clip(np.searchsorted(st, times), 0, len(st) - 1)
+    jm = np.clip(j - 1, 0, len(st) - 1)
+    j = np.where(np.abs(st[jm] - times) <= np.abs(st[j] - times), jm, j)
+    near = np.abs(st[j] - times) <= max_gap_s
+    out[near] = sv[j[near]]
+    return out
+
+
+def local_std(x: np.ndarray, window: int) -> np.ndarray:
+    """Standard deviation over a centred window, ignoring NaN (NaN where the window has < 3 values)."""
+    out = np.full(len(x), np.nan)
+    h = window // 2
+    for i in range(len(x)):
+        w = x[max(0, i - h): i + h + 1]
+        w = w[np.isfinite(w)]
+        if len(w) >= 3:
+            out[i] = w.std()
+    return out
+
+
+def state_probs(s: np.ndarray, q: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """(N, 4) probabilities of speak, listen, idle, discard from speech share s, lip sync q and
+    lip motion m (each in [0, 1])."""
+    speak = s * q
+    listen = s * (1 - q) * (1 - m)
+    idle = (1 - s) * (1 - m)
+    discard = s * (1 - q) * m + (1 - s) * m
+    return np.stack([speak, listen, idle, discard], axis=1)
+
+
+class SpeakerStates(Operator):
+    name = "speaker_states"
+    version = "1"
+    input_table = output_table = "clips"
+    input_filter = "clip_kind = 'person'"
+    reads = ("clips.frame_times", "clips.asd_prob", "clips.track_id", "tracks.track_id",
+             "tracks.frame_times_s", "tracks.mouth_open", "videos.voice_segments")
+    writes = pa.schema([
+        pa.field("speech_present", pa.list_(pa.float32())),
+        pa.field("lip_motion", pa.list_(pa.float32())),
+        pa.field("frame_state_probs", pa.list_(STATE_PROBS)),
+        pa.field("frame_states_raw", pa.list_(pa.string())),
+    ])
+    params = {
+        "motion_still": Param(0.015, help="mouth-opening std (0.4 s window) at or below which lips are still"),
+        "motion_moving": Param(0.045, help="mouth-opening std at or above which lips are moving"),
+        "motion_window_s": Param(0.4),
+    }
+    resources = Resources(num_cpus=0.25)
+    inline = True
+
+    def process(self, video: dict, rows: list[dict]) -> list[dict]:
+        tracks = {t["track_id"]: t for t in video.get("tables", {}).get("tracks", [])}
+        return [self._one(video, r, tracks) for r in rows]
+
+    def _one(self, video: dict, row: dict, tracks: dict) -> dict:
+        times = np.asarray(row.get("frame_times") or [], np.float64)
+        if not len(times):
+            return {"error": row.get("error") or "no active-speaker scores for this clip",
+                    "error_stage": row.get("error_stage") or self.name}
+        track = tracks.get(row.get("track_id"))
+        if track is None:
+            raise OperatorError(f"track {row.get('track_id')!r} not found")
+        s = speech_share(times, video.get("voice_segments"))
+        q = values_at(times, times, row.get("asd_prob"), 0.12)
+        mouth = values_at(times, track.get("frame_times_s"), track.get("mouth_open"), 0.03)
+        window = max(3, int(round(float(self.p["motion_window_s"]) / FRAME_S)) | 1)
+        spread = local_std(mouth, window)
+        lo, hi = float(self.p["motion_still"]), float(self.p["motion_moving"])
+        m = np.clip((spread - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+        face = np.isfinite(q) & np.isfinite(m)
+        probs = state_probs(s, np.nan_to_num(q), np.nan_to_num(m))
+        probs[~face] = (0.0, 0.0, 0.0, 1.0)
+        states = [STATES[i] for i in probs.argmax(axis=1)]
+        return {"speech_present": s.astype(np.float32).tolist(),
+                "lip_motion": [None if not np.isfinite(x) else float(x) for x in m],
+                "frame_state_probs": [dict(zip(STATES, map(float, p))) for p in probs],
+                "frame_states_raw": states}
