@@ -45,6 +45,7 @@ import math
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -476,7 +477,9 @@ class OmniCaptioner:
         if req.has_audio:
             kw.update(audio=[np.asarray(req.audio, dtype=np.float32)], audio_from_video_indices=[0],
                       load_audio_from_video=True)
-        return p(**kw).to(self.device)
+        with warnings.catch_warnings():  # transformers' processor passes copy=False to np.arange (numpy 2)
+            warnings.filterwarnings("ignore", "__array__ implementation doesn't accept a copy", DeprecationWarning)
+            return p(**kw).to(self.device)
 
     def generate(self, req: OmniRequest, retry_note: str | None = None, **generate_kwargs
                  ) -> tuple[str, list[tuple[str, float]]]:
