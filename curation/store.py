@@ -313,15 +313,21 @@ class Store:
             return {}
         t0 = time.perf_counter()
         before = len(ds.get_fragments())
-        self._compact(table)
+        # Indices first: Lance does not compact indexed and unindexed fragments together, so new
+        # rows are folded into the indices, then everything is compacted (indices are remapped).
         self.ensure_indices(table)
+        self._optimize_indices(table)
+        self._compact(table)
+        self._optimize_indices(table)
+        return {"fragments_before": before, "fragments_after": len(self.dataset(table).get_fragments()),
+                "seconds": time.perf_counter() - t0}
+
+    def _optimize_indices(self, table: str) -> None:
         try:
             _retrying(f"optimize indices of {table}",
                       lambda: self.dataset(table).optimize.optimize_indices())
         except Exception as e:  # noqa: BLE001 - an index over an all-null column cannot be updated
             log.debug("optimize_indices(%s): %s", table, one_line(e))
-        return {"fragments_before": before, "fragments_after": len(self.dataset(table).get_fragments()),
-                "seconds": time.perf_counter() - t0}
 
     def _compact(self, table: str) -> None:
         _retrying(f"compact {table}", lambda: self.dataset(table).optimize.compact_files(
@@ -340,11 +346,11 @@ class Store:
         try:
             if self._small_fragments(ds) < self.compact_fragments:
                 return
+            if ds.describe_indices():
+                self._optimize_indices(table)
             self._compact(table)
-            try:
-                self.dataset(table).optimize.optimize_indices()
-            except Exception:  # noqa: BLE001 - see maintain()
-                pass
+            if ds.describe_indices():
+                self._optimize_indices(table)
         except Exception as e:  # noqa: BLE001 - upkeep never fails a write; the next one tries again
             log.warning("compaction of %s skipped: %s", table, one_line(e))
 

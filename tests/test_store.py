@@ -89,3 +89,51 @@ def test_replace_removes_stale_child_rows(tmp_path):
 def test_missing_table_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="table 'clips' not found"):
         Store(str(tmp_path / "s")).query("clips")
+
+
+def test_writes_compact_a_table_that_collects_many_small_fragments(tmp_path):
+    st = Store(str(tmp_path / "s"))
+    st.compact_fragments = 8
+    for i in range(30):                       # one fragment per flush, as a run writes
+        st.upsert("videos", _videos(1, start=i))
+        st.annotate("videos", [{"video_id": f"v{i}", "blur": float(i)}])
+    ds = st.dataset("videos")
+    assert len(ds.get_fragments()) <= 9 and st.count("videos") == 30
+    rows = st.query("videos", columns=["video_id", "uri", "blur"]).to_pylist()
+    assert sorted((r["video_id"], r["uri"], r["blur"]) for r in rows) == sorted(
+        (f"v{i}", f"/x/{i}.mp4", float(i)) for i in range(30))
+
+
+def test_maintain_compacts_and_indexes_without_disturbing_readers(tmp_path):
+    st = Store(str(tmp_path / "s"))
+    st.compact_fragments = 0                  # no automatic upkeep: 20 fragments
+    for i in range(20):
+        st.upsert("videos", _videos(5, start=5 * i))
+    st.ensure_indices("videos")
+    st.upsert("videos", _videos(5, start=100))   # rows the indices do not cover yet
+    reader = st.dataset("videos")                 # a reader that opened the table before upkeep
+    where = "has_audio = true AND duration_s >= 50"
+    before = sorted(reader.to_table(filter=where)["video_id"].to_pylist())
+    m = st.maintain("videos")
+    assert m["fragments_before"] == 21 and m["fragments_after"] == 1
+    assert sorted(reader.to_table(filter=where)["video_id"].to_pylist()) == before  # its version
+    after = st.dataset("videos")
+    assert sorted(after.to_table(filter=where)["video_id"].to_pylist()) == before
+    assert len(before) == 28 and after.count_rows() == 105   # even i in 50..104
+    assert after.stats.index_stats("video_id_idx")["num_unindexed_rows"] == 0
+    assert reader.version < after.version
+
+
+def test_table_creation_is_exclusive(tmp_path):
+    """Lance's mode="create" lets a racing second creator overwrite the first; the store creates
+    under a lock, so a second creator's rows are merged in, not written over the first's."""
+    st1, st2 = Store(str(tmp_path / "s")), Store(str(tmp_path / "s"))
+    assert st1._create("videos", pa_rows([{"video_id": "a"}])) is True
+    assert st2._create("videos", pa_rows([{"video_id": "b"}])) is False
+    st2.upsert("videos", [{"video_id": "b"}])
+    assert sorted(st1.query("videos")["video_id"].to_pylist()) == ["a", "b"]
+
+
+def pa_rows(rows):
+    import pyarrow as pa
+    return pa.Table.from_pylist(rows)
