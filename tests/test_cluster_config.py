@@ -126,3 +126,71 @@ def test_commands_are_valid_shell(prepared):
         r = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True,
                            env={**os.environ, "LC_ALL": "C"})
         assert r.returncode == 0, f"{cmd!r}: {r.stderr}"
+
+
+# ---- resources: what the node types advertise against what the workflows' steps ask for -------------
+def _placeable(request, types: dict) -> list[str]:
+    """Worker node types that can hold one task / actor of ``request`` (a curation Resources)."""
+    out = []
+    for name, t in types.items():
+        res = t["resources"]
+        if (res.get("CPU", 0) >= request.num_cpus and res.get("GPU", 0) >= request.num_gpus
+                and all(res.get(k, 0) >= v for k, v in request.custom)):
+            out.append(name)
+    return out
+
+
+def _workers(prepared) -> dict:
+    return {n: t for n, t in prepared["available_node_types"].items()
+            if n != prepared["head_node_type"]}
+
+
+def test_gpu_workers_advertise_gpu_and_card(prepared):
+    gpu = {n: t for n, t in _workers(prepared).items() if t["resources"].get("GPU", 0) >= 1}
+    for name, t in gpu.items():
+        custom = set(t["resources"]) - {"CPU", "GPU", "memory", "object_store_memory"}
+        assert custom, f"{name}: a custom resource naming the card, for steps that need that card"
+        assert all(isinstance(v, int) and v >= 1 for v in t["resources"].values())
+    head = prepared["available_node_types"][prepared["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}   # nothing scheduled next to the driver
+
+
+def test_every_workflow_step_has_a_node_type(prepared):
+    """Each step of workflows/*.yaml can be placed on some worker type (the autoscaler only adds a
+    node whose declared resources satisfy the request; otherwise the step waits forever)."""
+    from curation.workflow import WorkflowError, load
+    types = _workers(prepared)
+    checked = set()
+    for f in sorted((ROOT / "workflows").glob("*.yaml")):
+        try:
+            wf = load(f)
+        except WorkflowError:   # a workflow whose operators are not written yet: tests/test_workflow
+            continue
+        for step in wf.steps:
+            req = step.resource_request()
+            assert _placeable(req, types), f"{f.name}: step {step.name} asks for {req}"
+        checked.add(f.name)
+    assert {"demo.yaml", "general.yaml"} <= checked
+
+
+def test_step_resources_pick_the_node_type(prepared):
+    """The keys a workflow step uses on this cluster (the example in cluster.yaml's header)."""
+    from curation.workflow import load
+    types = _workers(prepared)
+    card = next(k for k in types["gpu_worker"]["resources"] if k not in ("CPU", "GPU"))
+    wf = load(f"""
+name: gpu
+steps:
+  - {{name: probe, op: probe}}
+  - {{name: any_gpu, op: audio, after: [probe], workers: 8, batch_size: 32, resources: {{num_gpus: 1}}}}
+  - {{name: this_card, op: audio, after: [probe], resources: {{custom: {{{card}: 1}}}}}}
+  - {{name: no_such, op: audio, after: [probe], resources: {{custom: {{tpu_v5: 1}}}}}}
+  - {{name: too_big, op: audio, after: [probe], resources: {{num_cpus: 32}}}}
+""")
+    by = {s.name: s for s in wf.steps}
+    assert by["any_gpu"].workers == 8 and by["any_gpu"].batch_size == 32
+    assert set(_placeable(by["probe"].resource_request(), types)) == {"cpu_worker", "gpu_worker"}
+    assert _placeable(by["any_gpu"].resource_request(), types) == ["gpu_worker"]
+    assert _placeable(by["this_card"].resource_request(), types) == ["gpu_worker"]
+    assert _placeable(by["no_such"].resource_request(), types) == []
+    assert _placeable(by["too_big"].resource_request(), types) == []
