@@ -1,0 +1,348 @@
+"""captions / captions_conversation (operators/captions.py) on real clips.
+
+- HTTP backend: the operators talk to a local OpenAI-compatible server started here. It answers a
+  valid caption shaped by what the instruction asks (units, behaviour windows, listener mode), with
+  the class read from the real audio it receives ("silence" under -45 dBFS RMS, else "speak";
+  vr_face1 talks at about -30 dBFS, pf_single_face is silent at about -60 dBFS), unless the clip's
+  ASR text says otherwise (MODE:garbage, timeout, drop, badcaption, flaky, quiet).
+- Local backend: a tiny random Qwen2.5-Omni thinker saved to a model directory (built as in
+  tests/nets/test_omni.py), one row forced to emit a valid answer, one row left to its random output.
+- One Runner run of workflows/captions.yaml with the http backend over vr_face1 + pf_single_face.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import select
+import socket
+import threading
+import time
+import wave
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT, frames_of
+from curation.operator import OperatorError
+from operators.captions import Captions, CaptionsConversation, clip_sentences, record_to_row
+from schemas.taxonomy import TAG_KEYS
+
+REG_EXTRA = {"captions": Captions, "captions_conversation": CaptionsConversation}
+SLEEP_S = 0.3
+
+
+# ---- a local OpenAI-compatible server ------------------------------------------------------------
+def _audio_dbfs(content: list[dict]) -> float | None:
+    for part in content:
+        if part.get("type") == "input_audio":
+            with wave.open(io.BytesIO(base64.b64decode(part["input_audio"]["data"]))) as w:
+                pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float64) / 32768
+            return float(20 * np.log10(np.sqrt(np.mean(pcm ** 2)) + 1e-9))
+    return None
+
+
+def _answer(text: str, dbfs: float | None, mode: str) -> str:
+    listener = "This is a LISTENER clip" in text
+    units = re.findall(r"^  unit (\d+):", text, re.M)
+    windows = re.findall(r"^  window (\d+):", text, re.M)
+    if listener:
+        cls = "listen_dialogue"
+    elif mode == "quiet" or (dbfs is not None and dbfs < -45):
+        cls = "silence"
+    else:
+        cls = "speak"
+    obj = {"scene_class": cls if mode != "badcaption" else "dancing", "scene_prob": 0.9,
+           "caption_dense": "A person with dark hair faces the camera in a plain room.",
+           "caption_summary": "A person faces the camera.",
+           "tags": {"emotion": ["neutral", "bliss"], "shot_size": ["close up"], "camera_motion": ["static"]}}
+    if listener:
+        obj["listener"] = {"appearance": "dark hair", "personality": "calm", "relation": "friend"}
+    else:
+        obj["caption_spans"] = [{"unit": int(u), "text": f"span {u}"} for u in units]
+        if windows:
+            obj["behaviour_captions"] = [{"window": int(w), "text": f"moves {w}"} for w in windows]
+    return json.dumps(obj)
+
+
+class Server:
+    """Answers /v1/chat/completions; records every request body and the largest number in flight."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
+        self.hits: dict[str, int] = {}
+        self.bodies: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                content = body["messages"][1]["content"]
+                text = content[-1]["text"]
+                m = re.search(r"MODE:(\w+)", text)
+                mode = m.group(1) if m else "ok"
+                with server.lock:
+                    server.hits[mode] = hit = server.hits.get(mode, 0) + 1
+                    server.bodies.append(body)
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    if not self._wait(3.0 if mode == "timeout" else SLEEP_S):
+                        return
+                    if mode == "drop":
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    if mode == "garbage":
+                        return self._send(b"<html>502 \x00\xff not json")
+                    answer = _answer(text, _audio_dbfs(content),
+                                     "badcaption" if mode == "flaky" and hit == 1 else mode)
+                    choice = {"index": 0, "message": {"role": "assistant", "content": answer},
+                              "finish_reason": "stop"}
+                    if mode != "quiet":   # "quiet": an endpoint without log-probabilities
+                        toks = [answer[i:i + 3] for i in range(0, len(answer), 3)]
+                        choice["logprobs"] = {"content": [{"token": t, "logprob": -0.01} for t in toks]}
+                    self._send(json.dumps({"choices": [choice]}).encode())
+                except OSError:
+                    pass
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _wait(self, seconds) -> bool:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    if select.select([self.connection], [], [], 0.02)[0] and \
+                            not self.connection.recv(1, socket.MSG_PEEK):
+                        return False   # the client gave up
+                return True
+
+            def _send(self, data: bytes):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def _video(media, name="vr_face1.mp4") -> dict:
+    return {"video_id": name, "uri": str(media / name), "has_audio": True, "width": 700, "height": 700}
+
+
+def _item(media, row: dict, max_side: int):
+    fr = frames_of(media / "vr_face1.mp4", row["start_s"], row["end_s"], fps=2.0, max_side=max_side)
+    return _video(media), {"duration_s": row["end_s"] - row["start_s"], **row}, fr
+
+
+# ---- pure parts -----------------------------------------------------------------------------------
+def test_sentences_clip_relative_and_row_in_video_seconds():
+    segs = [{"start_s": 0.5, "end_s": 1.8, "text": " Hello. "}, {"start_s": 3.98, "end_s": 5.0, "text": "x"},
+            {"start_s": 2.0, "end_s": 3.6, "text": "How are you?", "confidence": 0.9}]
+    assert clip_sentences(segs, 1.0, 4.0) == [{"start_s": 0.0, "end_s": 0.8, "text": "Hello."},
+                                              {"start_s": 1.0, "end_s": 2.6, "text": "How are you?"}]
+    rec = {"scene_class": "speak", "scene_prob": 0.25, "scene_prob_source": "tokens", "caption_dense": "d",
+           "caption_summary": "s", "caption_spans": [{"start_s": 0.0, "end_s": 0.8, "text": "a"}],
+           "tags": {"emotion": ["neutral"]}, "tags_dropped": ["emotion:bliss"], "listener_captions": None,
+           "behaviour_captions": [{"start_s": 1.5, "end_s": 3.0, "text": "b"}], "attempts": 2}
+    row = record_to_row(rec, 10.0, "be")
+    assert row["caption_spans"] == [{"start_s": 10.0, "end_s": 10.8, "text": "a"}]
+    assert row["behaviour_captions"] == [{"start_s": 11.5, "end_s": 13.0, "text": "b"}]
+    assert set(row["tags"]) == set(TAG_KEYS) and row["tags"]["motion"] == [] and row["caption_attempts"] == 2
+    assert set(row) == set(Captions.writes.names)
+
+
+def test_params_weights_and_workflows(tmp_path, models):
+    from curation.workflow import MissingWeightsError, check_weights, load
+    from operators import REGISTRY
+    with pytest.raises(OperatorError, match="endpoint"):
+        Captions(backend="http")
+    assert Captions(backend="http", endpoint="http://h:8000/v1").weight_files() == []
+    assert Captions(model_dir=str(tmp_path)).weight_files() == [
+        "qwen-omni/Qwen2.5-Omni-3B/config.json", "qwen-omni/Qwen2.5-Omni-3B/tokenizer_config.json",
+        "qwen-omni/Qwen2.5-Omni-3B/model.safetensors"]
+    sharded = tmp_path / "m"
+    sharded.mkdir()
+    (sharded / "model.safetensors.index.json").write_text("{}")
+    assert Captions(model_dir=str(tmp_path), model="m").weight_files()[-1] == "m/model.safetensors.index.json"
+    assert Captions(max_side=224).frames.max_side == 224
+    reg = {**REGISTRY, **REG_EXTRA}
+    for name in ("captions", "silent"):
+        wf = load(ROOT / "workflows" / f"{name}.yaml", registry=reg)
+        with pytest.raises(MissingWeightsError, match="step 'captions' needs .*qwen-omni/Qwen2.5-Omni-3B/config.json"):
+            check_weights(wf, str(models))
+    # captions_conversation reads what the conversation steps write: without them it does not load
+    with pytest.raises(Exception, match="transcript_segments|role|frame_states"):
+        load((ROOT / "workflows" / "captions.yaml").read_text().replace("op: captions\n", "op: captions_conversation\n"),
+             registry=reg)
+
+
+# ---- http backend ---------------------------------------------------------------------------------
+def test_http_rows_in_flight_and_per_row_errors(server, media):
+    op = CaptionsConversation(backend="http", endpoint=server.url, timeout_s=1.0, retries=1, backoff_s=0.05,
+                              max_in_flight=4, max_side=160, behaviour=True, listener_roles="listener")
+    op.setup()
+    speak = ["speak"] * 75
+    rows = [
+        {"clip_id": "speaker", "start_s": 1.0, "end_s": 4.0, "role": "speaker", "frame_states": speak,
+         "transcript_segments": [{"start_s": 0.5, "end_s": 1.8, "text": "MODE:ok Hello."},
+                                 {"start_s": 2.0, "end_s": 3.6, "text": "How are you?"},
+                                 {"start_s": 4.5, "end_s": 5.0, "text": "outside"}]},
+        {"clip_id": "listener", "start_s": 0.0, "end_s": 4.0, "role": "listener",
+         "frame_states": ["listen"] * 50 + ["idle"] * 50, "transcript_segments": []},
+        {"clip_id": "quiet", "start_s": 2.0, "end_s": 4.0, "role": "idle",
+         "frame_states": ["idle"] * 49 + ["speak"], "transcript_segments": [{"start_s": 2.5, "end_s": 3.0, "text": "MODE:quiet"}]},
+        *[{"clip_id": m, "start_s": 0.0, "end_s": 2.0, "role": "speaker", "frame_states": speak,
+           "transcript_segments": [{"start_s": 0.2, "end_s": 1.5, "text": f"MODE:{m}"}]}
+          for m in ("garbage", "timeout", "drop", "badcaption", "flaky")],
+    ]
+    items = [_item(media, r, 160) for r in rows]
+    out = dict(zip([r["clip_id"] for r in rows], op.process_rows(items)))
+    assert 2 <= server.max_in_flight <= 4           # 8 rows at once, at most max_in_flight = 4 in flight
+
+    sp = out["speaker"]
+    assert sp["scene_class"] == "speak" and sp["scene_prob_source"] == "tokens" and 0.9 < sp["scene_prob"] < 1.0
+    assert sp["caption_spans"] == [{"start_s": 1.0, "end_s": 1.8, "text": "span 0"},
+                                   {"start_s": 2.0, "end_s": 3.6, "text": "span 1"}]   # video seconds
+    assert sp["behaviour_captions"] == [{"start_s": 1.0, "end_s": 2.5, "text": "moves 0"},
+                                        {"start_s": 2.5, "end_s": 4.0, "text": "moves 1"}]
+    assert sp["listener_captions"] is None and sp["caption_attempts"] == 1
+    assert sp["tags"]["emotion"] == ["neutral"] and sp["tags"]["shot_size"] == ["close_up"]
+    assert sp["tags_dropped"] == ["emotion:bliss"] and sp["tags"]["motion"] == []
+    assert sp["caption_backend"] == f"openai-http:Qwen/Qwen2.5-Omni-7B@{server.url}"
+    assert (sp["silent_omni"], sp["silent_frames"], sp["silent"]) == (False, False, False)
+    # what the server received for that clip: 6 frames (3 s at 2 fps), 3 s of audio, clip-relative units
+    body = next(b for b in server.bodies if 'speech: "MODE:ok Hello."' in b["messages"][1]["content"][-1]["text"])
+    parts = body["messages"][1]["content"]
+    assert sum(p["type"] == "image_url" for p in parts) == 6
+    wav = wave.open(io.BytesIO(base64.b64decode(parts[6]["input_audio"]["data"])))
+    assert wav.getframerate() == 16000 and abs(wav.getnframes() - 48000) <= 160
+    assert "unit 0: 0.00-0.80 s" in parts[-1]["text"] and "unit 1: 1.00-2.60 s" in parts[-1]["text"]
+    assert "unit 2" not in parts[-1]["text"] and "window 1: 1.50-3.00 s" in parts[-1]["text"]
+
+    li = out["listener"]   # time-invariant captions only; two agreeing judgements -> silent
+    assert li["scene_class"] == "listen_dialogue" and li["caption_spans"] == [] and li["behaviour_captions"] is None
+    assert li["listener_captions"] == {"appearance": "dark hair", "personality": "calm", "relation": "friend"}
+    assert (li["silent_omni"], li["silent_frames"], li["silent"]) == (True, True, True)
+    qu = out["quiet"]      # Omni says silence, one speak frame says otherwise: not silent
+    assert qu["scene_class"] == "silence" and qu["scene_prob_source"] == "stated" and qu["scene_prob"] == pytest.approx(0.9)
+    assert (qu["silent_omni"], qu["silent_frames"], qu["silent"]) == (True, False, False)
+    assert out["flaky"]["caption_attempts"] == 2 and server.hits["flaky"] == 2
+
+    errors = {k: str(v) for k, v in out.items() if isinstance(v, BaseException)}
+    assert set(errors) == {"garbage", "timeout", "drop", "badcaption"}
+    assert errors["garbage"].startswith("TransportError: unparseable response body")
+    assert errors["timeout"].startswith("TransportError: timed out after 1 s (2 attempts)")
+    assert errors["drop"].startswith("TransportError: connection failed")
+    assert errors["badcaption"].startswith("OmniOutputError: malformed Omni output twice: scene_class 'dancing'")
+    assert server.hits["garbage"] == server.hits["drop"] == 2 and server.hits["badcaption"] == 2
+    assert all("\n" not in e for e in errors.values())
+
+
+# ---- local backend (tiny random Omni thinker) -----------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    pytest.importorskip("torch")
+    from nets.test_omni import build_tiny_omni
+    root = tmp_path_factory.mktemp("models")
+    build_tiny_omni(root / "tiny-omni")
+    return root
+
+
+def test_local_backend_forced_answer_and_malformed_twice(tiny_models, media):
+    op = Captions(model_dir=str(tiny_models), backend="local", model="tiny-omni", device="cpu", max_side=112,
+                  max_new_tokens=8)
+    assert all((tiny_models / f).is_file() for f in op.weight_files())
+    op.setup()
+    cap = op.net
+    tok = cap.tokenizer
+    target = json.dumps({"scene_class": "speak", "scene_prob": 0.5, "caption_dense": "A woman talks.",
+                         "caption_summary": "She talks.", "caption_spans": [{"unit": 0, "text": "talks"}],
+                         "tags": {"emotion": ["neutral", "bliss"]}}, separators=(",", ":"))
+    want = tok(target, add_special_tokens=False)["input_ids"]
+    real_generate = cap.generate
+    seen = []
+
+    def generate(req, note=None, **kw):
+        seen.append((req.extra["clip_id"], len(req.frames), None if req.audio is None else len(req.audio), note))
+        if req.extra["clip_id"] != "good":
+            return real_generate(req, note, max_new_tokens=3)      # random bytes: no JSON, twice
+        n_in = cap.build_inputs(req, note)["input_ids"].shape[1]
+        return real_generate(req, note, max_new_tokens=len(want),
+                             prefix_allowed_tokens_fn=lambda b, ids: [want[min(len(ids) - n_in, len(want) - 1)]])
+
+    cap.generate = generate
+    rows = [{"clip_id": "good", "start_s": 0.0, "end_s": 2.0}, {"clip_id": "bad", "start_s": 2.0, "end_s": 4.0}]
+    good, bad = op.process_rows([_item(media, r, 112) for r in rows])
+    assert seen[0] == ("good", 4, 32000, None)                     # 2 s: 4 frames at 2 fps, 2 s at 16 kHz
+    assert [s[0] for s in seen[1:]] == ["bad", "bad"] and seen[2][3] == "no JSON object in the output"
+    assert good["scene_class"] == "speak" and good["scene_prob_source"] == "tokens"
+    assert 0 < good["scene_prob"] < 0.01            # 5 byte tokens of a random 270-token model, not the stated 0.5
+    assert good["caption_spans"] == [{"start_s": 0.0, "end_s": 2.0, "text": "talks"}]   # one fixed window
+    assert good["tags"]["emotion"] == ["neutral"] and good["tags_dropped"] == ["emotion:bliss"]
+    assert good["behaviour_captions"] is None and good["listener_captions"] is None
+    assert good["caption_backend"] == "transformers:qwen2_5_omni_thinker:tiny-omni:model.safetensors"
+    assert good["caption_attempts"] == 1
+    assert isinstance(bad, OperatorError)
+    assert str(bad).startswith("OmniOutputError: malformed Omni output twice: no JSON object")
+
+
+def test_local_backend_missing_weights(tmp_path):
+    from operators.nets import MissingWeights
+    with pytest.raises(MissingWeights, match=str(tmp_path / "qwen-omni/Qwen2.5-Omni-3B/config.json")):
+        Captions(model_dir=str(tmp_path)).setup()
+
+
+# ---- end to end: workflows/captions.yaml through the Runner, http backend --------------------------
+def test_captions_workflow_runs_against_a_local_server(server, tmp_path, media):
+    from curation.runner import Runner
+    from curation.store import Store
+    from curation.workflow import load
+    from operators import REGISTRY
+    doc = yaml.safe_load((ROOT / "workflows" / "captions.yaml").read_text())
+    step = next(s for s in doc["steps"] if s["name"] == "captions")
+    step["params"].update(backend="http", endpoint=server.url, timeout_s=10.0, max_side=224, retries=1)
+    wf = load(yaml.safe_dump(doc, sort_keys=False), registry={**REGISTRY, **REG_EXTRA})
+    st = Store(str(tmp_path / "store"))
+    Runner(wf, st, executor="local").run([str(media / "vr_face1.mp4"), str(media / "pf_single_face.mp4")])
+    videos = {v["video_id"]: Path(v["uri"]).name for v in st.query("videos", columns=["video_id", "uri"]).to_pylist()}
+    clips = st.query("clips").to_pylist()
+    assert clips and all(c["error"] is None for c in clips)
+    by_file: dict[str, list[dict]] = {}
+    for c in clips:
+        by_file.setdefault(videos[c["video_id"]], []).append(c)
+    assert set(by_file) == {"vr_face1.mp4", "pf_single_face.mp4"}
+    assert len(server.bodies) == len(clips)            # one request per clip, none retried
+    for name, cs in by_file.items():
+        for c in cs:
+            # the class the server read off the clip's real audio: vr_face1 talks, pf_single_face is silent
+            assert c["scene_class"] == ("speak" if name == "vr_face1.mp4" else "silence")
+            assert c["caption_backend"].startswith("openai-http:") and c["caption_attempts"] == 1
+            assert sorted(c["tags"]) == sorted(TAG_KEYS) and c["tags"]["camera_motion"] == ["static"]
+            spans = c["caption_spans"]     # fixed 3 s windows covering the clip, in video seconds
+            assert spans[0]["start_s"] == pytest.approx(c["start_s"], abs=1e-3)
+            assert spans[-1]["end_s"] == pytest.approx(c["end_s"], abs=1e-3)
+            assert len(spans) == int(np.ceil(c["duration_s"] / 3.0 - 1e-6))
