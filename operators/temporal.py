@@ -18,7 +18,8 @@ Everything runs on every native frame at 160 px grey:
   two neighbours (residual ~ 0) while the neighbours differ clearly; motion never does that. Fades to
   or from black are also found as a steady ramp of the mean luma reaching black (robust to uneven
   frame timing). A run lasting ``transition_min_s`` is one transition;
-* **motion**: Farneback dense flow on ~``motion_rate`` pairs per second, in frame diagonals per second;
+* **motion**: Farneback dense flow on ~``motion_rate`` pairs per second at ``motion_side`` px (80: a
+  quarter of the cost at 160, see :func:`flow_magnitude`), in frame diagonals per second;
 * **camera**: a chain of similarity transforms (sparse corners, pyramidal LK, forward-backward check,
   ``cv2.estimateAffinePartial2D`` with RANSAC) every ``1 / camera_rate`` s, on points of the frame's
   border band when there are enough of them (the background, not the talking person); pan / tilt /
@@ -37,6 +38,8 @@ second, the zoom rate in log-scale per second.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -193,10 +196,28 @@ def next_distinct(dup: np.ndarray) -> np.ndarray:
 
 
 # ---- motion and camera ---------------------------------------------------------------------------
-def flow_magnitude(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean Farneback flow magnitude (pixels) between two grey frames."""
+def flow_magnitude(a: np.ndarray, b: np.ndarray, max_side: int | None = None) -> float:
+    """Mean Farneback flow magnitude between two grey frames, in pixels of the frames given, with the
+    flow computed on copies whose long side is ``max_side`` (area-averaged). At 80 px instead of 160
+    it costs a quarter of the CPU (2.2 against 8.4 ms a pair here) and reads mean speeds within
+    -6 %..+28 % of the full-size flow on the test clips (small motions read slightly higher)."""
+    h, w = a.shape
+    f = 1.0 if not max_side or max(h, w) <= max_side else max_side / max(h, w)
+    if f < 1.0:
+        size = (max(8, int(round(w * f))), max(8, int(round(h * f))))
+        a = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
+        b = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
+        f = size[0] / w
     flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-    return float(np.sqrt((flow ** 2).sum(axis=2)).mean())
+    return float(np.sqrt((flow ** 2).sum(axis=2)).mean()) / f
+
+
+def parallel_map(fn, items: list, threads: int) -> list:
+    """``[fn(*x) for x in items]`` on ``threads`` threads (OpenCV releases the GIL), in order."""
+    if threads <= 1 or len(items) < 8:
+        return [fn(*x) for x in items]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda x: fn(*x), items))
 
 
 def border_mask(h: int, w: int, inner: float) -> np.ndarray:
@@ -257,11 +278,13 @@ def classify_camera(pan: float, tilt: float, zoom: float, shake: float, static_s
 # ---- the operator --------------------------------------------------------------------------------
 class Temporal(Operator):
     name = "temporal"
-    version = "1"
+    version = "2"
     input_table = "clips"
     output_table = "clips"
     frames = FrameSpec(fps=None, max_side=160)
     resources = Resources(num_cpus=1.0)
+    # threads for the flow and camera pairs (OpenCV releases the GIL): results do not depend on it
+    threads: int = min(2, os.cpu_count() or 1)
     params = {
         # duplicates: a pair is (near-)identical when at most dup_max_changed of its pixels change by
         # more than dup_pixel_diff grey levels (and the mean change is below dup_mean_diff)
@@ -287,8 +310,9 @@ class Temporal(Operator):
         "fade_black": 24.0,
         "fade_min_change": 20.0,
         "transition_min_s": 0.2,
-        # motion: Farneback pairs per second
+        # motion: Farneback pairs per second, computed with the long side at motion_side px
         "motion_rate": 5.0,
+        "motion_side": 80,
         # camera: transform segments per second; corners are taken outside a centred box of
         # camera_inner_box x the frame when there are enough of them
         "camera_rate": 10.0,
@@ -335,13 +359,16 @@ class Temporal(Operator):
 
         # motion: Farneback from frames sampled in time to the next distinct frame
         follow = next_distinct(dup)
-        speeds = []
+        pairs, frozen = [], 0
         for i in anchors(times, p["motion_rate"]):
             j = follow[i]
             if j < len(frames) and times[j] > times[i]:
-                speeds.append(flow_magnitude(gray[i], gray[j]) / (times[j] - times[i]) / diag)
+                pairs.append((i, j))
             elif i + 1 < len(frames):
-                speeds.append(0.0)                   # frozen until the end of the clip
+                frozen += 1                          # frozen until the end of the clip: speed 0
+        flows = parallel_map(flow_magnitude, [(gray[i], gray[j], p["motion_side"]) for i, j in pairs],
+                             self.threads)
+        speeds = [f / (times[j] - times[i]) / diag for f, (i, j) in zip(flows, pairs)] + [0.0] * frozen
         if speeds:
             out["motion_intensity"] = round(float(np.mean(speeds)), 5)
             out["motion_p90"] = round(float(np.percentile(speeds, 90)), 5)
@@ -379,8 +406,9 @@ class Temporal(Operator):
             idx = np.array([0, len(times) - 1])
         mask = border_mask(*gray.shape[1:], p["camera_inner_box"])
         vel = []                                     # (vx, vy) diagonals/s, zoom log-scale/s
-        for a, b in zip(idx[:-1], idx[1:]):
-            est = similarity(gray[a], gray[b], mask)
+        segs = list(zip(idx[:-1], idx[1:]))
+        ests = parallel_map(similarity, [(gray[a], gray[b], mask) for a, b in segs], self.threads)
+        for (a, b), est in zip(segs, ests):
             dt = times[b] - times[a]
             if est is not None and dt > 0:
                 vel.append((est[0] / diag / dt, est[1] / diag / dt, est[2] / dt))
