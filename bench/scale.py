@@ -162,6 +162,7 @@ class Sampler:
         self.me = psutil.Process()
         self.interval = interval
         self.peak_rss_mb = 0.0
+        self.peak_private_mb = 0.0
         self.cpu: dict[tuple, tuple[str, float]] = {}
         self.base: dict[tuple, float] = {}
         self.stop = threading.Event()
@@ -176,7 +177,11 @@ class Sampler:
     def sample(self) -> None:
         ps = self.psutil
         try:
-            self.peak_rss_mb = max(self.peak_rss_mb, self.me.memory_info().rss / 2**20)
+            m = self.me.memory_info()
+            self.peak_rss_mb = max(self.peak_rss_mb, m.rss / 2**20)
+            # RSS less shared pages (Ray's object store is mapped into the driver: those pages
+            # count in its RSS but belong to the plasma store)
+            self.peak_private_mb = max(self.peak_private_mb, (m.rss - m.shared) / 2**20)
             procs = self.me.children(recursive=True)
         except ps.Error:
             return
@@ -200,7 +205,8 @@ class Sampler:
     def reset(self) -> None:
         self.sample()
         self.base = {k: v for k, (_, v) in self.cpu.items()}
-        self.peak_rss_mb = 0.0
+        self.peak_rss_mb = self.peak_private_mb = 0.0
+        self.sample()
 
     def cpu_s(self) -> dict[str, float]:
         self.sample()
@@ -254,6 +260,7 @@ def run_one(workflow: str, videos: Path, store_dir: Path, workers: int, profile:
     first = time.perf_counter() - t0
     first_cpu = sampler.cpu_s()
     first_peak = sampler.peak_rss_mb
+    first_private = sampler.peak_private_mb
     first_phases = dict(timings)
     rss_first = _rss_mb()
     frags = _fragments(str(store_dir))
@@ -266,7 +273,9 @@ def run_one(workflow: str, videos: Path, store_dir: Path, workers: int, profile:
     t0 = time.perf_counter()
     s2 = runner.run([str(videos)])
     rerun = time.perf_counter() - t0
+    sampler.sample()
     rerun_peak = sampler.peak_rss_mb
+    rerun_private = sampler.peak_private_mb
     sampler.close()
     rerun_phases = dict(timings)
     rss_rerun = _rss_mb()
@@ -283,9 +292,9 @@ def run_one(workflow: str, videos: Path, store_dir: Path, workers: int, profile:
     ray.shutdown()
     return {"workflow": workflow, "n": s1.videos, "workers": workers, "import_s": t_import,
             "ray_init_s": t_ray, "first_s": first, "first_cpu_s": first_cpu, "driver_peak_rss_mb": {"first": first_peak,
-            "rerun": rerun_peak}, "first_phases_s": first_phases,
+            "rerun": rerun_peak}, "driver_peak_private_mb": {"first": first_private, "rerun": rerun_private}, "first_phases_s": first_phases,
             "rerun_s": rerun, "rerun_phases_s": rerun_phases, "rerun_steps_done": rerun_done,
-            "failed_inputs": s1.failed_inputs, "steps": steps, "errors": errors, "fragments": frags,
+            "failed_inputs": getattr(s1, "failed_inputs", None), "steps": steps, "errors": errors, "fragments": frags,
             "rss_mb": {"start": rss_start, "after_ray_init": rss_ray, "after_first": rss_first,
                        "after_rerun": rss_rerun}}   # current RSS at those points
 
@@ -303,7 +312,7 @@ def slope(points: list[tuple[int, float]]) -> float | None:
 
 def table(results: list[dict]) -> str:
     lines = ["| workflow | N | first run s | s / video | CPU s / video | Ray start s | ingest s | stream s | "
-             "optimize s | re-run s | driver peak RSS MB (first / re-run) | fragments (status, videos) |",
+             "optimize s | re-run s | driver peak RSS less shared, MB (first / re-run) | fragments (status, videos) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
@@ -316,7 +325,7 @@ def table(results: list[dict]) -> str:
             f"{r['first_cpu_s']['total'] / r['n']:.3f} | "
             f"{r['ray_init_s']:.1f} | {p.get('ingest', 0):.1f} | {p.get('stream (plan included)', 0):.1f} | "
             f"{p.get('optimize_indices', 0):.1f} | {r['rerun_s']:.1f} | "
-            f"{r['driver_peak_rss_mb']['first']:.0f} / {r['driver_peak_rss_mb']['rerun']:.0f} | "
+            f"{_private(r, 'first')} / {_private(r, 'rerun')} | "
             f"{fr.get('status', '-')}, {fr.get('videos', '-')} |")
     lines.append("")
     for wf in dict.fromkeys(r["workflow"] for r in results):
@@ -328,6 +337,19 @@ def table(results: list[dict]) -> str:
                          f"{', '.join(str(n) for n, _ in pts)}): **{b:.3f} s** (baseline {base} s, "
                          f"target < {base / TARGET_FACTOR:.3f} s)")
     return "\n".join(lines) + "\n"
+
+
+def _private(r: dict, which: str) -> str:
+    m = r.get("driver_peak_private_mb") or {}
+    return f"{m[which]:.0f}" if which in m else "?"
+
+
+def _code_sha(code: Path) -> dict[str, str]:
+    """Short blake2b of the runner and store sources measured (the working tree may be ahead of
+    any commit; these say which version a number belongs to)."""
+    import hashlib
+    return {f: hashlib.blake2b((code / "curation" / f).read_bytes(), digest_size=6).hexdigest()
+            for f in ("runner.py", "store.py", "ingest.py") if (code / "curation" / f).exists()}
 
 
 def _load_average() -> str:
@@ -363,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out) if a.out else ROOT / "bench" / "results" / f"scale-{stamp}"
     out.parent.mkdir(parents=True, exist_ok=True)
     vroot = Path(a.videos_root) if a.videos_root else Path(tempfile.gettempdir()) / "curation-scale-videos"
-    meta = {"code": a.code, "started": stamp, "machine": platform.platform(), "cpus": os.cpu_count(),
+    meta = {"code": a.code, "code_sha": _code_sha(Path(a.code)), "started": stamp, "machine": platform.platform(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "load_average_start": _load_average(),
             "workers": a.workers}
     results = []
