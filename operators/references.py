@@ -24,8 +24,8 @@ The choice of frames is operators/nets/views.py's:
   classes from the FER2013 network (operators/nets/fer.py) on the face crops.
 
 Global references use frames where the track has a face (when it has any: a face hidden by hands
-is no appearance reference). Frame quality for the choices: sharpness (variance of the Laplacian of the person crop resized to
-``QUALITY_CROP`` px, grey) x person box area.
+is no appearance reference). Frame quality for the choices: sharpness (variance of the Laplacian of
+the person crop resized to ``QUALITY_CROP`` px, grey) x person box area.
 
 Images: global and view references are the person box grown by ``person_expand`` (aspect kept);
 expression references the face box made square and grown by ``face_expand``; both cut from the
