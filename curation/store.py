@@ -460,7 +460,8 @@ class StoreLease:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
         except OSError as e:
-            if "not found" in str(e).lower() or "no such file" in str(e).lower():
+            text = str(e).lower()
+            if any(m in text for m in ("not found", "no such file", "does not exist", "nosuchkey")):
                 return None
             raise
 
