@@ -406,7 +406,7 @@ class VideoDecoder:
                       scale=self.scale)
 
     def _views(self, idx: np.ndarray, parts: tuple[FrameSpec, ...]) -> Frames:
-        """One PyAV decode of the frames ``idx``; each part's frames converted (sws, area filter)
+        """One PyAV decode of the frames ``idx``; each part's frames converted (sws, bicubic like decord)
         straight to its own size. Frames are matched to decord's index by timestamp."""
         import av
         from av.video.reformatter import VideoReformatter
@@ -447,7 +447,7 @@ class VideoDecoder:
                     for k, slot in wanted.get(pos, ()):
                         (w, h), out, ref = plans[k][2], plans[k][3], plans[k][4]
                         out[slot] = ref.reformat(frame, width=w, height=h, format="rgb24",
-                                                 interpolation="AREA").to_ndarray()
+                                                 interpolation="BICUBIC").to_ndarray()
         except (av.FFmpegError, OSError):
             raise _NotMatched from None
         if not done[[p for p in wanted]].all():
