@@ -136,3 +136,43 @@ def test_emotiefflib_backend_needs_its_weights(tmp_path, models):
         op.setup()
     with pytest.raises(MissingWeights, match="emotion/emotion_model.hdf5"):
         Emotion(str(tmp_path)).setup()
+
+
+def tiny_emotiefflib_model(path, n_classes: int = 8) -> None:
+    """A random network with EmotiEffLib's I/O (input "input" (N, 3, 224, 224), a final Gemm giving
+    the class logits, the node the library splits off), to run the backend's code path offline."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    init = [numpy_helper.from_array(rng.normal(0, 0.5, (16, 3, 3, 3)).astype(np.float32), "conv.w"),
+            numpy_helper.from_array(rng.normal(0, 1.0, (n_classes, 16)).astype(np.float32), "fc.w"),
+            numpy_helper.from_array(rng.normal(0, 0.1, (n_classes,)).astype(np.float32), "fc.b")]
+    nodes = [helper.make_node("Conv", ["input", "conv.w"], ["c"], strides=[4, 4]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["features"]),
+             helper.make_node("Gemm", ["features", "fc.w", "fc.b"], ["logits"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_classes])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def test_emotiefflib_backend_code_path(results, tmp_path, monkeypatch):
+    """The emotiefflib backend with a tiny random model in a model directory: its crops and its
+    7 FER-order probabilities land in the same columns, frame-aligned; nothing is downloaded."""
+    from operators.nets.emotieff import EmotiEff, face_crops
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    tiny_emotiefflib_model(tmp_path / "models/emotiefflib/enet_b0_8_best_vgaf.onnx")
+    op = Emotion(str(tmp_path / "models"), backend="emotiefflib")
+    (video, row, frames), _ = results["pf_single_face.mp4"]
+    out = op.process_row(video, row, frames)
+    assert out["emotion_backend"] == "emotiefflib/enet_b0_8_best_vgaf.onnx/onnxruntime"
+    boxes = face_boxes_at(video["tables"]["tracks"][0], frames.times)
+    have = np.isfinite(boxes).all(axis=1)
+    want = EmotiEff(tmp_path / "models").predict(face_crops(frames.images[have], boxes[have], frames.scale))
+    got = np.array([[p[c] for c in CLASSES] for p in out["emotion_frame_probs"] if p])
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
+    assert not (tmp_path / "home/.emotiefflib").exists()

@@ -10,6 +10,7 @@ at 2-4 s, mouth wide open with raised brows at ~10 s; 512 px, here also upscaled
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -193,3 +194,19 @@ def test_facing_yaw_rear_only_for_long_runs_without_a_face():
     track["face_visibility"] = [0.3] * len(t)      # face mostly outside the frame: yaw not trusted
     assert np.isnan(facing_yaw(track, 2.0)[:25]).all()
     assert list(nearest_index([0.0, 0.04, 1.0], [0.01, 0.5, 0.97])) == [0, -1, 2]
+
+
+def test_workflows_load(monkeypatch):
+    """workflows/references.yaml and emotion.yaml load: every column their steps read is written by
+    an upstream step (the two operators are put in the registry here until operators/__init__.py
+    registers them)."""
+    import operators
+    from curation.workflow import load
+    from operators.emotion import Emotion
+    for cls in (Emotion, References):
+        if cls.name not in operators.REGISTRY:
+            monkeypatch.setitem(operators.REGISTRY, cls.name, cls)
+    for name, last in (("references", References), ("emotion", Emotion)):
+        wf = load(Path(__file__).resolve().parents[2] / "workflows" / f"{name}.yaml")
+        assert wf.steps[-1].op_cls is last
+        assert [s.name for s in wf.steps][:5] == ["probe", "shots", "clips", "people", "person_clips"]
