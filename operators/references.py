@@ -21,7 +21,9 @@ The choice of frames is operators/nets/views.py's:
   for 1.5 s, is not turned away); other frames are unknown.
 - ``expression`` (per track, ``clip_id`` null): only for sources whose short side is >= 1080 px,
   one frame per facial expression class when the subject shows at least two (:func:`choose_expressions`);
-  classes from the FER2013 network (operators/nets/fer.py) on the face crops.
+  classes from ``expression_backend``: the FER2013 network (operators/nets/fer.py, 7 classes; works
+  here) or EmotiEffLib (operators/nets/emotieff.py, its own 8 AffectNet classes, LPM §2.4's eight
+  expression categories; weights ``emotiefflib/<model>.onnx``) on the face crops.
 
 Global references use frames where the track has a face (when it has any: a face hidden by hands
 is no appearance reference). Frame quality for the choices: sharpness (variance of the Laplacian of
@@ -42,7 +44,7 @@ import pyarrow as pa
 
 from curation.media import FrameSpec, Frames, crop_boxes
 from curation.operator import Operator, Param, Resources
-from operators.nets import fer
+from operators.nets import emotieff, fer
 from operators.nets.views import MIN_SOURCE_SIDE, choose_expressions, choose_global, choose_views
 from schemas import BOX, blob_field
 
@@ -187,6 +189,9 @@ class References(Operator):
         "min_view_frames": Param(3, type=int, help="candidate frames a view class needs"),
         "rear_min_s": Param(2.0, help="no face for this long counts as a back view (s)"),
         "expressions": Param(True, help="expression references (sources >= 1080p only)"),
+        "expression_backend": Param("fer", choices=("fer", "emotiefflib"), help="expression classifier"),
+        "model_name": Param(emotieff.DEFAULT_MODEL, type=str,
+                            help="emotiefflib model under <models>/emotiefflib/ (without .onnx)"),
         "min_expression_prob": Param(0.5, help="a frame shows a class when its top probability >= this"),
         "max_expressions": Param(8, type=int, help="LPM §2.4: one to eight expressions"),
         "person_expand": Param(1.1, help="person box growth for global/view images"),
@@ -197,13 +202,25 @@ class References(Operator):
     writes = pa.schema(COLUMNS)
 
     def weight_files(self) -> list[str]:
-        return [fer.WEIGHTS] if self.p["expressions"] else []
+        if not self.p["expressions"]:
+            return []
+        return [fer.WEIGHTS] if self.p["expression_backend"] == "fer" else \
+            [emotieff.weights_for(self.p["model_name"])]
 
     def setup(self) -> None:
-        self.fer = fer.FER(self.model_dir) if self.p["expressions"] else None
+        self.net = None
+        if self.p["expressions"] and self.p["expression_backend"] == "fer":
+            self.net, self.classes, self.crop = fer.FER(self.model_dir), fer.CLASSES, fer.face_crops
+            self.predict = self.net.predict
+            self.backend = f"{fer.WEIGHTS.rsplit('/', 1)[-1]}/onnxruntime"
+        elif self.p["expressions"]:
+            eff = emotieff.EmotiEff(self.model_dir, self.p["model_name"])
+            self.net, self.classes, self.crop = eff, eff.classes, emotieff.face_crops
+            self.predict = eff.predict_raw   # the library's own 8 (or 7) classes
+            self.backend = f"emotiefflib/{self.p['model_name']}.onnx/onnxruntime"
 
     def process_row(self, video: dict, row: dict, frames: Frames) -> list[dict]:
-        if not hasattr(self, "fer"):
+        if not hasattr(self, "net"):
             self.setup()
         track_id = row["track_id"]
         clips = [c for c in (video.get("tables") or {}).get("clips", [])
@@ -250,15 +267,16 @@ class References(Operator):
         for ch in choose_views(yaw, sharp, area, valid, max_views=int(self.p["max_views"]),
                                min_frames=int(self.p["min_view_frames"])):
             emit(ch, None, f"{track_id}:{ch.kind}", person[ch.index], self.p["person_expand"])
-        if self.fer is not None and min(src_w, src_h) >= MIN_SOURCE_SIDE:
-            probs = np.full((len(times), len(fer.CLASSES)), np.nan)
+        if self.net is not None and min(src_w, src_h) >= MIN_SOURCE_SIDE:
+            probs = np.full((len(times), len(self.classes)), np.nan)
             idx = np.flatnonzero(has_face)
             if len(idx):
-                probs[idx] = self.fer.predict(fer.face_crops(frames.images[idx], face[idx], frames.scale))
+                crops = self.crop(frames.images[idx], face[idx], scale=frames.scale)
+                probs[idx] = self.predict(crops)
             face_sharp = sharpness(frames.images, face, frames.scale)
-            for ch in choose_expressions(probs, fer.CLASSES, src_w, src_h, valid=has_face,
+            for ch in choose_expressions(probs, self.classes, src_w, src_h, valid=has_face,
                                          sharpness=face_sharp, min_prob=float(self.p["min_expression_prob"]),
                                          max_expressions=int(self.p["max_expressions"])):
                 emit(ch, None, f"{track_id}:expression:{ch.label}", face[ch.index], self.p["face_expand"],
-                     square=True, backend=f"{fer.WEIGHTS.rsplit('/', 1)[-1]}/onnxruntime")
+                     square=True, backend=self.backend)
         return out

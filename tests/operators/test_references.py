@@ -210,3 +210,15 @@ def test_workflows_load(monkeypatch):
         wf = load(Path(__file__).resolve().parents[2] / "workflows" / f"{name}.yaml")
         assert wf.steps[-1].op_cls is last
         assert [s.name for s in wf.steps][:5] == ["probe", "shots", "clips", "people", "person_clips"]
+
+
+def test_expression_backends_declare_their_weights(tmp_path, models):
+    from operators.nets import MissingWeights
+    assert References(str(models)).weight_files() == ["emotion/emotion_model.hdf5"]
+    assert References(str(models), expressions=False).weight_files() == []
+    eff = References(str(models), expression_backend="emotiefflib")
+    assert eff.weight_files() == ["emotiefflib/enet_b0_8_best_vgaf.onnx"]
+    with pytest.raises(MissingWeights, match="emotiefflib/enet_b0_8_best_vgaf.onnx"):
+        eff.setup()
+    with pytest.raises(Exception, match="expression_backend"):
+        References(str(models), expression_backend="other")
