@@ -40,19 +40,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-SUBSETS = pa.schema([
-    pa.field("subset", pa.string(), nullable=False),   # the tag given to `curation balance`
-    pa.field("clip_id", pa.string(), nullable=False),
-    pa.field("video_id", pa.string()),
-    pa.field("repeat", pa.int32()),                    # times the clip is sampled in an epoch (>= 1)
-    pa.field("mode", pa.string()),                     # speak | listen
-    pa.field("listen_share", pa.float32()),            # listen_ratio / (speak_ratio + listen_ratio)
-    pa.field("emotion_label", pa.string()),
-    pa.field("emotional", pa.bool_()),
-    pa.field("clips_version", pa.int64()),             # clips table version the selection read
-    pa.field("params", pa.string()),                   # JSON of the balance parameters
-    pa.field("created_at", pa.timestamp("us", tz="UTC")),
-])
+from schemas import SUBSETS  # noqa: E402 - the table: subset, clip_id, repeat, mode, ...
+
 SUBSETS_KEY = ("subset", "clip_id")
 COLUMNS = ("clip_id", "video_id", "speak_ratio", "listen_ratio", "emotion_label", "emotional")
 PERSON = "clip_kind = 'person'"

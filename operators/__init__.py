@@ -4,13 +4,21 @@ Adding an operator: write operators/NAME.py with one Operator subclass, add it t
 add tests/operators/test_NAME.py, and use it as a step in a workflow.
 """
 from operators.asd import Asd
+from operators.asr import Asr
 from operators.audio import Audio
+from operators.audio_variants import AudioVariants
 from operators.clip_speech import ClipSpeech
+from operators.clip_transcript import ClipTranscript
+from operators.emotion import Emotion
 from operators.clips import Clips
+from operators.people import People
+from operators.person_clips import PersonClips
 from operators.probe import Probe
 from operators.quality import Quality
+from operators.references import References
 from operators.rerank import Rerank
 from operators.separation import Separation
+from operators.shot_people import ShotPeople
 from operators.shots import Shots
 from operators.speaker_states import SpeakerStates
 from operators.temporal import Temporal
@@ -23,8 +31,16 @@ REGISTRY = {op.name: op for op in (
     ClipSpeech,
     Quality,
     Temporal,
+    People,
+    ShotPeople,
+    PersonClips,
     Separation,
     Asd,
     SpeakerStates,
     Rerank,
+    AudioVariants,
+    Asr,
+    ClipTranscript,
+    Emotion,
+    References,
 )}

@@ -109,12 +109,33 @@ TRACKS = pa.schema([
     *_common(),
 ])
 
-TABLES: dict[str, pa.Schema] = {"videos": VIDEOS, "shots": SHOTS, "clips": CLIPS, "tracks": TRACKS}
+# Reference images (LPM §2.4), written by the ``references`` operator: JPEG bytes in a blob column.
+REFERENCES = pa.schema([
+    pa.field("ref_id", pa.string(), nullable=False), pa.field("video_id", pa.string()),
+    pa.field("clip_id", pa.string()), pa.field("track_id", pa.string()),
+    pa.field("kind", pa.string()),   # global | view_frontal | view_left | view_right | view_rear | expression
+    pa.field("label", pa.string()), pa.field("frame_s", pa.float64()), pa.field("score", pa.float32()),
+    pa.field("yaw_deg", pa.float32()), pa.field("box", BOX), blob_field("image"),
+    pa.field("image_width", pa.int32()), pa.field("image_height", pa.int32()),
+    pa.field("source_width", pa.int32()), pa.field("source_height", pa.int32()),
+    pa.field("label_backend", pa.string()), *_common()])
+# Tagged training subsets (``curation balance``): which clips, how many times each; no copies.
+SUBSETS = pa.schema([
+    pa.field("subset", pa.string(), nullable=False), pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("video_id", pa.string()), pa.field("repeat", pa.int32()), pa.field("mode", pa.string()),
+    pa.field("listen_share", pa.float32()), pa.field("emotion_label", pa.string()),
+    pa.field("emotional", pa.bool_()), pa.field("clips_version", pa.int64()),
+    pa.field("params", pa.string()), pa.field("created_at", pa.timestamp("us", tz="UTC"))])
+
+TABLES: dict[str, pa.Schema] = {"videos": VIDEOS, "shots": SHOTS, "clips": CLIPS, "tracks": TRACKS,
+                                "references": REFERENCES, "subsets": SUBSETS}
 KEYS: dict[str, tuple[str, ...]] = {
     "videos": ("video_id",),
     "shots": ("video_id", "shot_index"),
     "clips": ("clip_id",),
     "tracks": ("track_id",),
+    "references": ("ref_id",),
+    "subsets": ("subset", "clip_id"),
 }
 # Scalar indices the store keeps on each table (BTREE for ids and numbers, BITMAP for low-cardinality).
 INDICES: dict[str, dict[str, str]] = {
@@ -122,6 +143,8 @@ INDICES: dict[str, dict[str, str]] = {
     "shots": {"video_id": "BTREE"},
     "clips": {"clip_id": "BTREE", "video_id": "BTREE", "duration_s": "BTREE", "error_stage": "BITMAP"},
     "tracks": {"track_id": "BTREE", "video_id": "BTREE"},
+    "references": {"ref_id": "BTREE", "video_id": "BTREE", "kind": "BITMAP"},
+    "subsets": {"subset": "BITMAP", "clip_id": "BTREE"},
 }
 
 # Bookkeeping tables of the store (not annotation tables).

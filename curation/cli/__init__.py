@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from curation.cli import inspect, run, sample
+from curation.cli import balance, inspect, run, sample
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Curate human-centric video into training data: run workflows into a Lance "
@@ -21,6 +21,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on 
 run.register(app)
 inspect.register(app)
 sample.register(app)
+balance.register(app)
 
 
 def main() -> None:
