@@ -21,6 +21,7 @@ from operators.separation import Separation
 from operators.shot_people import ShotPeople
 from operators.shots import Shots
 from operators.speaker_states import SpeakerStates
+from operators.sync import Sync
 from operators.temporal import Temporal
 
 REGISTRY = {op.name: op for op in (
@@ -36,6 +37,7 @@ REGISTRY = {op.name: op for op in (
     PersonClips,
     Separation,
     Asd,
+    Sync,
     SpeakerStates,
     Rerank,
     AudioVariants,
