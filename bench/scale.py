@@ -241,7 +241,15 @@ def run_one(workflow: str, videos: Path, store_dir: Path, workers: int, profile:
     wf = load(PROBE_WORKFLOW) if workflow == "probe" else load((code / "workflows" / "demo.yaml").read_text())
     rss_start = _rss_mb()
     t0 = time.perf_counter()
-    init_ray(workers)
+    for attempt in range(3):   # on a loaded machine a raylet may abort its own start (Ray's fixed
+        try:                   # 15 s wait for its dashboard agent): try again
+            init_ray(workers)
+            break
+        except Exception as e:  # noqa: BLE001
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
+            import ray
+            ray.shutdown()
     t_ray = time.perf_counter() - t0
     rss_ray = _rss_mb()
     timings: dict = {}
