@@ -106,3 +106,26 @@ def test_asr_names_missing_weights(tmp_path):
         ASR(tmp_path)
     with pytest.raises(MissingWeights, match="whisper/large-v3.pt"):
         ASR(tmp_path, name="large-v3")
+
+
+def test_multilingual_checkpoint_detects_language(tmp_path, media):
+    """The language-detection path, on a random 1-layer multilingual Whisper saved as a checkpoint
+    (the shared model directory has only the English-only tiny.en). Random weights: the language is
+    arbitrary, but it must be one of Whisper's codes with a probability."""
+    import dataclasses
+
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+    from whisper.tokenizer import LANGUAGES
+    torch.manual_seed(0)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+    model = Whisper(dims)
+    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.01)   # torch.empty in whisper
+    (tmp_path / "whisper").mkdir()
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": model.state_dict()},
+               tmp_path / "whisper" / "tiny.pt")
+    asr = ASR(tmp_path, name="tiny")
+    assert asr.multilingual
+    lang, prob = asr.detect_language(load_audio(str(media / "vr_face1.mp4"), SR))
+    assert lang in LANGUAGES and 0.0 < prob <= 1.0
