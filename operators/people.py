@@ -80,7 +80,7 @@ _F32 = pa.float32()
 
 class People(Operator):
     name = "people"
-    version = "1"
+    version = "2"
     input_table = "shots"
     output_table = "tracks"
     reads = ("shots.start_s", "shots.end_s", "shots.shot_index", "videos.width", "videos.height")

@@ -211,3 +211,4 @@ def test_hands_on_the_singer_and_none_on_the_talking_head(media, models):
 
     assert count("fr_short_hamilton_clip.mp4", 5.0) >= 1   # his open left hand, raised beside the mic
     assert count("vr_face1.mp4", 2.0) == 0
+    assert count("vr_face1.mp4", 1.49) == 0                 # his chin: a hand at MediaPipe's default 0.5
