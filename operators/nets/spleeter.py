@@ -42,6 +42,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from curation.media import MediaError
 from operators.nets import weight_path
 
 WEIGHTS = "separation/spleeter_2stems.safetensors"
@@ -126,7 +127,9 @@ def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
 
 
 def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, channels: int | None = 2) -> np.ndarray:
-    """Decode the first audio stream with ffmpeg as float32 [N, channels] (no normalisation)."""
+    """Decode the first audio stream with ffmpeg as float32 [N, channels] (no normalisation);
+    ``channels=None`` keeps the stream's channels. Raises ``curation.media.MediaError`` when the file
+    has no audio stream or ffmpeg fails."""
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-ar", str(sample_rate)]
     if channels:
         cmd += ["-ac", str(channels)]
@@ -136,7 +139,10 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, channels: int |
         channels = int(probe.stdout.strip() or 1)
     r = subprocess.run(cmd + ["-f", "f32le", "-"], capture_output=True)
     if r.returncode != 0:
-        raise RuntimeError(f"audio decode failed: {r.stderr.decode(errors='replace').strip()[-300:]}")
+        err = r.stderr.decode(errors="replace").strip()
+        if "matches no streams" in err:
+            raise MediaError(f"no audio stream in {path}")
+        raise MediaError(f"audio extraction failed: {err.splitlines()[-1] if err else 'ffmpeg error'}")
     return np.frombuffer(r.stdout, np.float32).reshape(-1, channels).copy()
 
 

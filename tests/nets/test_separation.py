@@ -149,3 +149,9 @@ def test_demucs_loads_from_model_dir_and_separates(tmp_path):
     (tmp_path / "separation" / "demucs" / "tinybag.yaml").write_text("models: ['ffff0002']\n")
     with pytest.raises(MissingWeights, match="ffff0002"):
         Demucs(tmp_path, weights="separation/demucs/tinybag.yaml")
+
+
+def test_read_audio_without_audio_stream(media):
+    from curation.media import MediaError
+    with pytest.raises(MediaError, match="no audio stream"):
+        read_audio(media / "lp_d0.mp4")                 # lp_d0 has no audio stream
