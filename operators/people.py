@@ -39,9 +39,10 @@ Measured (tests/operators/test_people.py): a still photo beside a talking man, 3
 0.002 / 0.006, pixel change 0.96 / 1.86, face motion 0.018 / 0.67; a looped still frame of
 vr_face1: 0.001, 0.61, 0.036; real talking heads (vr_face1, pf_single_face, lp_d0): box motion
 0.008-0.027, pixel change 2.7-3.6, face motion 0.74-0.90. The face measure separates best; the
-pixel change alone is close for a person sitting still (1.86), hence the AND of all three. A screen that shows a
-moving person is *not* static by this definition (it moves); a poster filmed by a panning camera
-moves in the frame but its contents do not (the pixel change is measured inside the moving box).
+pixel change alone is close for a person sitting still (1.86), hence the AND of all three.
+Known limits: a screen showing a moving person is not static by this definition (it moves); nor is
+a poster filmed by a panning or zooming camera (its box moves, although the pixel change, measured
+inside the moving box, stays low: the stored numbers let a query catch it).
 
 Composition (``_composition``): ``composition_heads`` = median over frames with a face of person
 box height / face box height (how many face heights of the body are in the picture). Face-mesh box
