@@ -268,7 +268,7 @@ def _run_plain(step_op, video, rows, keys) -> StepResult:
             if len(out) != len(rows):
                 raise OperatorError(f"operator {op.name!r} returned {len(out)} rows for "
                                     f"{len(rows)} input rows")
-            out = [{**d, "error": None, "error_stage": None} if r.get("error_stage") == step else d
+            out = [{"error": None, "error_stage": None, **d} if r.get("error_stage") == step else d
                    for d, r in zip(out, rows)]
             table, marks = _to_table(op, out, [key_of(r, keys) for r in rows])
         return StepResult(step, video["video_id"], rows=table, seconds=time.perf_counter() - t0,
@@ -341,7 +341,7 @@ def _run_frame_group(steps, work, keys) -> list[list[StepResult]]:
                         emitted.extend(d)
                         d = {"error": None, "error_stage": None} if row.get("error_stage") == step else {}
                 elif row.get("error_stage") == step:   # a re-run that now succeeds clears it
-                    d = {**d, "error": None, "error_stage": None}
+                    d = {"error": None, "error_stage": None, **d}
                 out.append(d)
             try:
                 key_rows = [key_of(r, keys) for r in rows]
