@@ -95,7 +95,7 @@ def test_sentence_units_rules():
 
 
 def test_resampled_and_silent_input(asr, media):
-    wav44 = load_audio(str(media / "vr_face1.mp4"), 44100)     # any rate: resampled to 16 kHz
+    wav44 = load_audio(str(media / "vr_face1.mp4"), 44100, duration_s=3.0)  # any rate: resampled to 16 kHz
     res = asr.transcribe(wav44, 44100)
     assert "help" in _words(res)
     assert asr.transcribe(np.zeros(SR * 2, np.float32), SR)["sentences"] == []
