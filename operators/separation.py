@@ -60,7 +60,8 @@ class Separation(Operator):
     ])
     params = {
         "backend": Param("spleeter", choices=("spleeter", "demucs")),
-        "demucs_model": Param("htdemucs", help="file stem of the demucs weights under demucs/"),
+        "demucs_weights": Param("separation/demucs/955717e8-8726e21a.th",
+                                help="demucs checkpoint (.th) or bag (.yaml), relative to --models"),
         "min_music_ratio": Param(0.1, help="share of 0.5 s windows with music/noise that triggers separation"),
         "force": Param(False, help="use the vocals whatever the measure says"),
     }
@@ -71,7 +72,7 @@ class Separation(Operator):
         if self.p["backend"] == "spleeter":
             from operators.nets.spleeter import WEIGHTS
             return [WEIGHTS]
-        return [f"demucs/{self.p['demucs_model']}.th"]
+        return [self.p["demucs_weights"]]
 
     def setup(self) -> None:
         import torch
@@ -82,8 +83,8 @@ class Separation(Operator):
             self.backend = f"spleeter-2stems ({self.sep.weights.name})"
         else:
             from operators.nets.demucs_sep import Demucs
-            self.sep = Demucs(self.model_dir, self.p["demucs_model"])
-            self.backend = f"demucs ({self.p['demucs_model']})"
+            self.sep = Demucs(self.model_dir, weights=self.p["demucs_weights"])
+            self.backend = f"demucs ({self.p['demucs_weights'].rsplit('/', 1)[-1]})"
         from operators.nets.vad import SileroVAD
         self.vad = SileroVAD()
 
