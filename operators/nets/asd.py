@@ -21,8 +21,10 @@ What a face track goes through (section numbers are ASD.md's):
   speaking when its 5-frame mean (:func:`demo_smooth`) is >= 0.
 - probability: ``prob`` = mean over the same six passes of softmax(lossAV.FC logits)[1], the posterior
   of the two-class cross-entropy the networks were trained with; it is what the original's AVA
-  evaluation (train.py --evaluation) reports. Not re-fitted on our clips. Its 0.5 point lies close to
-  the demo's logit-1 = 0 point (measured in tests/nets/test_asd.py, both heads keep logit0 ~ -logit1).
+  evaluation (train.py --evaluation) reports. Not re-fitted on our clips. Both heads keep
+  logit0 ~ -logit1 (st_WDA_KatieHill_000: corr -0.995 / -0.991, logit0 + logit1 = 0.12 +- 0.12 Light
+  TalkSet, -0.15 +- 0.16 LR TalkSet), so prob ~ sigmoid(2 logit1) and prob > 0.5 coincides with the
+  demo's logit1 >= 0 on > 95 % of frames (asserted in tests/nets/test_asd.py).
 - embeddings (§2): per-frame audio and visual encoder outputs (T, 128), from one pass over the whole
   track (encoders are convolutional; no chunking), used by operators/nets/avsync.py.
 
@@ -31,8 +33,16 @@ model as (x / 255 - 0.4161) / 0.1688; audio (B, 4T, 13) as (B, 1, 13, 4T) (MFCC 
 Root module children ``model``, ``lossAV.FC``, ``lossV.FC`` (training-only head) so that the released
 state dicts load with strict=True.
 
-The XVID round trip moves scores by tenths of a logit (ASD.md §6) and depends on the OpenCV/FFmpeg
-build; tests/nets/test_asd.py measures the difference on shared clips.
+The XVID round trip (``roundtrip=True``) moves scores by tenths of a logit and depends on the
+OpenCV/FFmpeg build. Measured on vr_face1 (MediaPipe boxes), TalkSet weights: Light-ASD max |diff| 0.67
+logit, 0 of 153 demo decisions flipped (speaking 1.00 both ways); LR-ASD max 0.85, 40 of 153 flipped
+(speaking 0.77 without, 0.52 with). Default off: it is a lossy step of the demo pipeline whose output
+depends on the codec build, and our face boxes (detector) already differ from the original's S3FD.
+
+Speed (this 2-core CPU, torch 2 threads, shared with other jobs at load average 15-30, so an upper
+bound): ~20-32 s per second of 25-fps video per track for the six-duration score (Light-ASD ~32,
+LR-ASD ~20-22). The visual encoder is ~0.2 GMAC per frame; the edge-piece scheme runs it about
+3.4 (Light) / 4.1 (LR) times per frame instead of 7.
 """
 from __future__ import annotations
 
@@ -78,6 +88,8 @@ def face_crops_224(frames_rgb: np.ndarray, boxes: np.ndarray, crop_scale: float 
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if len(boxes) != len(frames_rgb):
         raise ValueError(f"{len(frames_rgb)} frames but {len(boxes)} boxes")
+    if not len(boxes):
+        return np.zeros((0, 224, 224, 3), np.uint8)
     s = _medfilt(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2)
     cx = _medfilt((boxes[:, 0] + boxes[:, 2]) / 2)
     cy = _medfilt((boxes[:, 1] + boxes[:, 3]) / 2)
