@@ -26,7 +26,8 @@ What a face track goes through (section numbers are ASD.md's):
   TalkSet, -0.15 +- 0.16 LR TalkSet), so prob ~ sigmoid(2 logit1) and prob > 0.5 coincides with the
   demo's logit1 >= 0 on > 95 % of frames (asserted in tests/nets/test_asd.py).
 - embeddings (§2): per-frame audio and visual encoder outputs (T, 128), from one pass over the whole
-  track (encoders are convolutional; no chunking), used by operators/nets/avsync.py.
+  track (encoders are convolutional; no chunking). Sync by comparing them across shifts was measured
+  and rejected (operators/nets/avsync.py docstring).
 
 Networks (§2-4): every conv bias-free, every BN eps 1e-3; visual input grey 0..255 normalised in the
 model as (x / 255 - 0.4161) / 0.1688; audio (B, 4T, 13) as (B, 1, 13, 4T) (MFCC axis = height).
