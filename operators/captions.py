@@ -179,7 +179,11 @@ class Captions(Operator):
         p = self.p
         if p["backend"] == "http":
             from operators.nets.omni_http import OmniHTTPClient
-            key = os.environ.get(p["api_key_env"]) if p["api_key_env"] else None
+            key = None
+            if p["api_key_env"]:
+                key = os.environ.get(p["api_key_env"])
+                if not key:
+                    raise OperatorError(f"api_key_env: environment variable {p['api_key_env']} is not set")
             self.net = OmniHTTPClient(p["endpoint"], p["api_model"], api_key=key,
                                       max_in_flight=p["max_in_flight"], timeout_s=p["timeout_s"],
                                       retries=p["retries"], backoff_s=p["backoff_s"],

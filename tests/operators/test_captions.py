@@ -181,6 +181,8 @@ def test_params_weights_and_workflows(tmp_path, models):
     with pytest.raises(OperatorError, match="endpoint"):
         Captions(backend="http")
     assert Captions(backend="http", endpoint="http://h:8000/v1").weight_files() == []
+    with pytest.raises(OperatorError, match="CAPTIONS_TEST_UNSET_KEY is not set"):
+        Captions(backend="http", endpoint="http://h:8000/v1", api_key_env="CAPTIONS_TEST_UNSET_KEY").setup()
     assert Captions(model_dir=str(tmp_path)).weight_files() == [
         "qwen-omni/Qwen2.5-Omni-3B/config.json", "qwen-omni/Qwen2.5-Omni-3B/tokenizer_config.json",
         "qwen-omni/Qwen2.5-Omni-3B/model.safetensors"]
