@@ -7,6 +7,7 @@ from operators.asd import Asd
 from operators.asr import Asr
 from operators.audio import Audio
 from operators.audio_variants import AudioVariants
+from operators.captions import Captions, CaptionsConversation
 from operators.clip_speech import ClipSpeech
 from operators.clip_transcript import ClipTranscript
 from operators.emotion import Emotion
@@ -45,4 +46,6 @@ REGISTRY = {op.name: op for op in (
     ClipTranscript,
     Emotion,
     References,
+    Captions,
+    CaptionsConversation,
 )}

@@ -21,7 +21,6 @@ import pyarrow as pa
 
 from curation.media import FrameSpec, MediaError, load_audio, local_path
 from curation.operator import Operator, OperatorError, Param, Resources
-from operators.nets import asd as asd_net
 
 FPS = 25.0
 
@@ -85,10 +84,12 @@ class Asd(Operator):
     needs_model = True
 
     def weight_files(self) -> list[str]:
+        from operators.nets import asd as asd_net   # torch is imported where a step runs, not at load
         return [asd_net.WEIGHTS[(self.p["network"], self.p["checkpoint"])]]
 
     def setup(self) -> None:
         import torch
+        from operators.nets import asd as asd_net
         torch.set_num_threads(max(1, int(self.resources.num_cpus)))
         self.net = asd_net.ActiveSpeakerNet(self.model_dir, self.p["network"], self.p["checkpoint"])
 
@@ -108,7 +109,8 @@ class Asd(Operator):
         if has_face.any():
             lo, hi = np.where(has_face)[0][[0, -1]]
             seg = slice(lo, hi + 1)
-            crops = asd_net.asd_crops(frames.images[seg], fill_gaps(boxes[seg]) * frames.scale)
+            from operators.nets.asd import asd_crops
+            crops = asd_crops(frames.images[seg], fill_gaps(boxes[seg]) * frames.scale)
             start = float(times[lo])
             with local_path(video["uri"]) as path:
                 try:

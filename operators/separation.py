@@ -6,8 +6,11 @@ accompaniment stem measures the music/noise level (``operators/nets/audio_scene.
 windows where the accompaniment carries >= 10 % of the energy and is audible). When that share is at
 least ``min_music_ratio`` the vocals are used downstream: written as a 16 kHz mono WAV under the
 store (``vocals_uri``) and voice activity (silero-vad) runs on them; otherwise the mix's voice
-activity from the ``audio`` step is kept. The row says whether separation ran, on what measure, and
-which signal the voice segments come from.
+activity from the ``audio`` step is kept. When separation ran, the voice segments are by default the
+union of the VAD on the vocals and the VAD on the mix (``voice: union``): on dj_video4 (music 56 % of
+the windows) the vocals alone kept 2.8 s of the 7.6 s of speech the mix VAD found (Spleeter
+attenuates quiet speech under music), while the vocals find speech that loud music hides in the mix.
+The row says whether separation ran, on what measure, and which signal the voice segments come from.
 """
 from __future__ import annotations
 
@@ -43,9 +46,20 @@ def write_wav(uri: str, wav: np.ndarray, sample_rate: int = SR) -> str:
     return uri
 
 
+def union(a: list[dict], b: list[dict]) -> list[dict]:
+    """Union of two lists of {start_s, end_s} spans, merged and sorted."""
+    out: list[dict] = []
+    for seg in sorted(a + b, key=lambda x: x["start_s"]):
+        if out and seg["start_s"] <= out[-1]["end_s"]:
+            out[-1] = {"start_s": out[-1]["start_s"], "end_s": max(out[-1]["end_s"], seg["end_s"])}
+        else:
+            out.append({"start_s": seg["start_s"], "end_s": seg["end_s"]})
+    return out
+
+
 class Separation(Operator):
     name = "separation"
-    version = "1"
+    version = "2"
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.speech_segments", "videos.vad_backend")
     writes = pa.schema([
@@ -64,6 +78,9 @@ class Separation(Operator):
                                 help="demucs checkpoint (.th) or bag (.yaml), relative to --models"),
         "min_music_ratio": Param(0.1, help="share of 0.5 s windows with music/noise that triggers separation"),
         "force": Param(False, help="use the vocals whatever the measure says"),
+        "voice": Param("union", choices=("union", "vocals"),
+                       help="voice segments when separation ran: VAD on the vocals joined with the "
+                            "mix's, or on the vocals only"),
     }
     resources = Resources(num_cpus=1)
     needs_model = True
@@ -112,8 +129,11 @@ class Separation(Operator):
         if use:
             mono = resample(vocals.mean(1) if vocals.ndim == 2 else vocals, 44100, SR)
             uri = write_wav(f"{self.artifact_dir(video['video_id'])}/vocals.wav", mono)
-            out.update(vocals_uri=uri, voice_segments=self.vad.segments(mono.astype(np.float32)),
-                       voice_source="vocals")
+            voice = self.vad.segments(mono.astype(np.float32))
+            if self.p["voice"] == "union":
+                voice = union(voice, video.get("speech_segments") or [])
+            out.update(vocals_uri=uri, voice_segments=voice,
+                       voice_source="vocals" if self.p["voice"] == "vocals" else "vocals+mix")
         else:
             out.update(vocals_uri=None, voice_segments=video.get("speech_segments") or [],
                        voice_source="mix")

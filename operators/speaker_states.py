@@ -47,8 +47,9 @@ def speech_share(times: np.ndarray, segments: list[dict] | None, frame_s: float 
 
 def values_at(times: np.ndarray, src_times, src_values, max_gap_s: float) -> np.ndarray:
     """Nearest-in-time values of a per-frame list (None -> NaN), NaN farther than ``max_gap_s``."""
-    st = np.asarray(src_times or [], np.float64)
-    sv = np.array([np.nan if v is None else float(v) for v in (src_values or [])], np.float64)
+    st = np.asarray([] if src_times is None else src_times, np.float64)
+    sv = np.array([np.nan if v is None else float(v) for v in ([] if src_values is None else src_values)],
+                  np.float64)
     n = min(len(st), len(sv))
     st, sv = st[:n], sv[:n]
     ok = np.isfinite(sv)

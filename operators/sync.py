@@ -23,7 +23,6 @@ import pyarrow as pa
 from curation.media import FrameSpec, MediaError, load_audio, local_path
 from curation.operator import Operator, OperatorError, Param, Resources
 from operators.asd import fill_gaps, track_boxes_at
-from operators.nets import asd as asd_net
 
 FPS = 25.0
 
@@ -87,10 +86,11 @@ class Sync(Operator):
             except MediaError as e:
                 raise OperatorError(str(e)) from None
         pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+        from operators.nets.asd import asd_crops, face_crops_224
         if self.p["backend"] == "syncnet":
-            res = self.net.sync(asd_net.face_crops_224(images, boxes), pcm)
+            res = self.net.sync(face_crops_224(images, boxes), pcm)
         else:
-            res = self.net.sync(asd_net.asd_crops(images, boxes), pcm)
+            res = self.net.sync(asd_crops(images, boxes), pcm)
         conf = np.asarray(res.frame_confidence, np.float64)
         return {"sync_offset_frames": int(res.offset_frames), "sync_min_dist": float(res.min_dist),
                 "sync_confidence": float(res.confidence),
