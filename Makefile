@@ -26,9 +26,10 @@ system:
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0 $(QUIET_PIP)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock $(QUIET_PIP)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 $(QUIET_PIP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements.lock $(QUIET_PIP)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e . $(QUIET_PIP)
+	$(PY) -m pip check >/dev/null || true   # mediapipe/whisper/emotiefflib/ultralytics: --no-deps by design
 	@touch $@
 
 demo: env
@@ -46,7 +47,8 @@ bench: env
 	CURATION_MEDIA=$(MEDIA) $(PY) bench/throughput.py --media $(MEDIA)
 
 lock: env
-	@{ head -2 requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v '^curation'; } > requirements.lock.new
+	@{ head -4 requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v '^curation' \
+	  | sed -E 's|^([A-Za-z0-9_.-]+) @ file://.*/([A-Za-z0-9_.]+)-([0-9][^-]*)-.*|\1==\3|'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean:
