@@ -66,7 +66,7 @@ def draw_strips(sheet, rows: list[tuple[str, list[float], list[str]]], start_s: 
         x += 70
     y += legend_h
     for label, times, states in rows:
-        cs = cells(times, states, start_s, end_s, max((end_s - start_s) / max(1, w - x0 - 4), 0.04))
+        cs = cells(times, states, start_s, end_s, max((end_s - start_s) / max(1, w - x0 - 4), 0.1))
         d.text((4, y + 3), label[:18], fill=(0, 0, 0))
         span = (w - x0 - 4) / max(1, len(cs))
         for k, c in enumerate(cs):

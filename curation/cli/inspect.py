@@ -106,6 +106,8 @@ def register(app: typer.Typer) -> None:
         for k, v in row.items():
             t.add_row(k, _cell(v, 2000))
         con.print(t)
+        if table == "clips" and row.get("frame_states"):
+            _print_states(con, store, row)
         for title, rows in extra.items():
             if rows:
                 sub = Table(title=title)
@@ -136,6 +138,21 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             view.add_row(r["table"], r["column"], r["type"], r["writer"])
         console().print(view)
+
+
+def _print_states(con, store: str, clip: dict) -> None:
+    """The per-frame state strip of the clip's track and of the other tracks of its span."""
+    from curation.audit import _people_of
+    from curation.store import Store
+    from curation.timeline import summary_line, text_strip
+    _, strips = _people_of(Store(store), clip)
+    con.print(f"states per {0.2:.1f} s (S speak, L listen, I idle, D discard), "
+              f"{clip['start_s']:.2f}-{clip['end_s']:.2f} s:")
+    for label, times, states in strips:
+        strip, ruler = text_strip(times, states, clip["start_s"], clip["end_s"])
+        con.print(f"  {label:<20} {strip}", markup=False, highlight=False)
+        con.print(f"  {'':<20} {ruler}", markup=False, highlight=False)
+    con.print(f"  {summary_line(clip)}", markup=False, highlight=False)
 
 
 def _key(table: str) -> str:
