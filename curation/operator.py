@@ -286,7 +286,7 @@ def _decode_rows(video: dict, rows: list[dict], spec: FrameSpec):
             start = row.get("start_s", 0.0) or 0.0
             end = row.get("end_s") or video.get("duration_s") or 1e9
             try:
-                frames = decoder.span(start, end, spec.fps)
+                frames = decoder.span(start, end, spec)
                 err = None if len(frames) else f"no frames decoded between {start:.2f}s and {end:.2f}s"
             except MediaError as e:
                 frames, err = None, one_line(e)

@@ -56,8 +56,10 @@ class StageWorker:
     actor), inside a Ray task, or in-process."""
 
     def __init__(self, specs: list[tuple[str, type, dict]], model_dir: str | None, table: str,
-                 store_uri: str, storage_options: dict | None, run_id: str):
+                 store_uri: str, storage_options: dict | None, run_id: str,
+                 scope: str | None = None):
         self.store = Store(store_uri, storage_options)
+        self.scope = scope   # the input rows made upstream of the stage (see Stage.scope)
         self.table = table
         self.keys = KEYS[table]
         self.run_id = run_id
@@ -110,11 +112,13 @@ class StageWorker:
     def _load(self, video_ids: list[str]) -> list[tuple[str, dict, list[dict]]]:
         videos = self._rows_of("videos", video_ids, self._readable("videos"))
         ops = [op for _, op in self.steps]
-        flt = ops[0].input_filter
+        flt = " AND ".join(f"({f})" for f in (ops[0].input_filter, self.scope) if f) or None
         if self.table == "videos":
             inputs = videos
-        else:
+        elif self.store.exists(self.table):
             inputs = self._rows_of(self.table, video_ids, self._readable(self.table), flt)
+        else:
+            inputs = {v: [] for v in video_ids}
         others: dict[str, list[str]] = {}
         for op in ops:
             for t, cols in op.other_tables().items():
@@ -236,9 +240,10 @@ class _RayPool:
         opts = dict(num_gpus=res.num_gpus or 0, memory=(res.memory_mb or 0) * 2**20 or None,
                     resources=dict(res.custom) or None)
         if stage.stateful:
-            # the driver budgets CPUs for actor calls; Ray places actors by GPU/custom resources,
-            # so idle actors never starve the CPU tasks upstream of them
-            self.cls = ray.remote(StageWorker).options(num_cpus=0, max_restarts=0,
+            # the driver budgets CPUs for actor calls; Ray places actors by GPU/custom resources
+            # and a token CPU share (never on a CPU-less head), so idle actors never starve the
+            # CPU tasks upstream of them
+            self.cls = ray.remote(StageWorker).options(num_cpus=0.01, max_restarts=0,
                                                        max_task_retries=0, **opts)
             self.idle: list = []
             self.busy: dict = {}
@@ -283,6 +288,7 @@ class Stage:
     deps: set[int]
     workers: int
     batch: int | None      # videos per call (None: adaptive for stateless stages)
+    scope: str | None = None   # input rows made by the steps upstream (None: every row)
 
     @property
     def label(self) -> str:
@@ -346,6 +352,7 @@ class Runner:
         self.executor = executor
         self.flush_every = flush_every      # commit at least every N results or T seconds
         self.flush_seconds = flush_seconds
+        self.min_flush_s = 1.0              # while workers idle: commit at most once a second
         self.progress = progress or (lambda step, done, total: None)
 
     def stages(self) -> list[Stage]:
@@ -358,8 +365,24 @@ class Runner:
             explicit = [s.batch_size or (s.op_cls.batch_size if s.op_cls.needs_model else None)
                         for s in g]
             batch = max(b for b in explicit if b) if any(explicit) else None
-            out.append(Stage(i, g, deps, workers, batch))
+            out.append(Stage(i, g, deps, workers, batch, self._scope(g)))
         return out
+
+    def _scope(self, group: list[Step]) -> str | None:
+        """A stage sees only the input rows made by steps upstream of it: when the steps emitting
+        its input table are scoped (two emitters share ``clips``), the union of the upstream ones'
+        scopes. So whether a row exists when a step runs never depends on timing."""
+        table = group[0].op_cls.input_table
+        anc = set().union(*(self.wf.ancestors(s.name) for s in group))
+        emitters = [s.op_cls for s in self.wf.steps
+                    if s.op_cls.output_table == table and s.op_cls.input_table != table]
+        if not emitters or any(c.emit_scope is None for c in emitters):
+            return None
+        mine = [self.wf.by_name[a].op_cls.emit_scope for a in anc
+                if self.wf.by_name[a].op_cls in emitters]
+        if len(mine) == len(emitters):
+            return None
+        return " OR ".join(f"({m})" for m in dict.fromkeys(mine)) or "false"
 
     def run(self, inputs: list[str], from_step: str | None = None, run_id: str | None = None) -> RunSummary:
         t0 = time.perf_counter()
@@ -473,7 +496,7 @@ class Runner:
         if self.executor == "ray":
             init_ray(self.workers)
         args = lambda st: ([(s.name, s.op_cls, s.params) for s in st.steps], self.model_dir,  # noqa: E731
-                           st.table, self.store.uri, self.store.storage_options, run_id)
+                           st.table, self.store.uri, self.store.storage_options, run_id, st.scope)
         pools: dict[int, object] = {}
         settled: list[set[str]] = [set() for _ in stages]     # committed, skipped or failed
         failed: list[set[str]] = [set() for _ in stages]      # whole-video failure at this stage
@@ -487,24 +510,31 @@ class Runner:
         cpu_budget = self._cpu_budget()
         cpu_used = 0.0
 
-        def settle_skips():
-            """Videos a stage will not process: settled at once (not needed, or blocked)."""
-            changed = True
-            while changed:
-                changed = False
-                for st in stages:
-                    i = st.index
-                    for vid in list(waiting[i]):
-                        if any(vid in failed[d] for d in st.deps):   # failed upstream: skip
-                            waiting[i].discard(vid)
-                            settled[i].add(vid)
-                            failed[i].add(vid)   # and so are the stages below it
-                            total[i] -= 1
-                            changed = True
-                            self.progress(st.label, committed[i], total[i])
-                        elif all(vid in settled[d] or vid not in need[d] for d in st.deps):
-                            waiting[i].discard(vid)
-                            ready[i].append(vid)
+        dependents = {st.index: [d.index for d in stages if st.index in d.deps] for st in stages}
+
+        def settle_skips(changes=None):
+            """Move waiting videos on: ready once every stage upstream of them is settled, skipped
+            (settled at once) when one of those failed them. ``changes``: the (stage, video) pairs
+            that settled since the last call; only their dependents are looked at."""
+            if changes is None:
+                work = [(i, vid) for i in range(len(stages)) for vid in list(waiting[i])]
+            else:
+                work = [(j, vid) for i, vid in changes for j in dependents[i]]
+            while work:
+                i, vid = work.pop()
+                if vid not in waiting[i]:
+                    continue
+                st = stages[i]
+                if any(vid in failed[d] for d in st.deps):   # failed upstream: skip
+                    waiting[i].discard(vid)
+                    settled[i].add(vid)
+                    failed[i].add(vid)   # and so are the stages below it
+                    total[i] -= 1
+                    self.progress(st.label, committed[i], total[i])
+                    work += [(j, vid) for j in dependents[i]]
+                elif all(vid in settled[d] or vid not in need[d] for d in st.deps):
+                    waiting[i].discard(vid)
+                    ready[i].append(vid)
 
         for st in stages:
             settled[st.index] = {v for v in video_ids if v not in need[st.index]}
@@ -519,13 +549,17 @@ class Runner:
         def running(i: int) -> int:
             return sum(1 for x in inflight.values() if x[0] == i)
 
+        budget_at = [time.perf_counter()]
+
         def dispatch():
-            nonlocal cpu_used
+            nonlocal cpu_used, cpu_budget
+            if time.perf_counter() - budget_at[0] > 10:
+                cpu_budget, budget_at[0] = self._cpu_budget(), time.perf_counter()
             for st in reversed(stages):        # downstream first: videos finish, memory stays flat
                 i = st.index
                 while ready[i]:
                     if st.inline or self.executor != "ray":   # in-process, synchronously
-                        n = len(ready[i]) if st.inline else max(1, st.batch or 1)
+                        n = len(ready[i]) if st.inline else max(1, st.batch or 8)
                         vids = [ready[i].popleft() for _ in range(min(n, len(ready[i])))]
                         local_results.append((i, vids, pool(st).submit(vids), False))
                         continue
@@ -597,9 +631,9 @@ class Runner:
             if not n:
                 return
             idle = not inflight and not any(ready)
-            if not (force or idle or n >= self.flush_every
-                    or time.perf_counter() - last_flush >= self.flush_seconds
-                    or self._starving(stages, ready, inflight, buffer)):
+            since = time.perf_counter() - last_flush
+            if not (force or idle or n >= self.flush_every or since >= self.flush_seconds
+                    or (since >= self.min_flush_s and self._starving(stages, ready, inflight, buffer))):
                 return
             status = []
             for st in stages:
@@ -609,9 +643,11 @@ class Runner:
             if status:
                 from schemas import STATUS
                 self.store.upsert("status", pa.Table.from_pylist(status, schema=STATUS))
+            changes = []
             for st in stages:
                 i = st.index
                 for vid, results in buffer[i]:
+                    changes.append((i, vid))
                     settled[i].add(vid)
                     committed[i] += 1
                     if any(r.error for r in results):
@@ -620,7 +656,7 @@ class Runner:
                     self.progress(st.label, committed[i], total[i])
                 buffer[i] = []
             last_flush = time.perf_counter()
-            settle_skips()
+            settle_skips(changes)
 
         try:
             while True:
@@ -646,10 +682,12 @@ class Runner:
         return busy < max(1, self.workers) and not any(ready)
 
     def _cpu_budget(self) -> float:
+        """CPUs the in-flight calls may use: the cluster's, at least --workers (an autoscaling
+        cluster that starts empty must still see demand); re-read as nodes come and go."""
         if self.executor != "ray":
             return 1.0
         import ray
-        return float(ray.cluster_resources().get("CPU", 1.0))
+        return max(float(ray.cluster_resources().get("CPU", 0.0)), float(self.workers))
 
     def _input_keys(self, st: Stage, video_ids: list[str]) -> dict[str, list[dict]]:
         """Keys of the input rows of videos whose worker died (the driver never saw their rows)."""
@@ -658,8 +696,9 @@ class Runner:
         if not self.store.exists(table):
             return {}
         where = "video_id IN (" + ", ".join(sql_quote(v) for v in video_ids) + ")"
-        if st.steps[0].op_cls.input_filter:
-            where = f"({where}) AND ({st.steps[0].op_cls.input_filter})"
+        for f in (st.steps[0].op_cls.input_filter, st.scope):
+            if f:
+                where = f"({where}) AND ({f})"
         out: dict[str, list[dict]] = {}
         for r in self.store.query(table, where=where, columns=sorted(set(key) | {"video_id"})).to_pylist():
             out.setdefault(r["video_id"], []).append({k: r[k] for k in key})

@@ -51,13 +51,14 @@ class AudioVariants(Operator):
     input_filter = "clip_kind = 'person'"
     reads = ("clips.start_s", "clips.end_s", "clips.frame_times", "clips.frame_states",
              "clips.shot_index", "clips.clip_index", "clips.track_id", "videos.has_audio",
-             "videos.vocals_uri")
+             "videos.vocals_uri", "videos.separation_ran")
     writes = pa.schema([
         pa.field("speaker_audio_uri", pa.string()),
         pa.field("listener_audio_uri", pa.string()),
         pa.field("audio_mask", pa.list_(pa.int8())),
         pa.field("audio_variant_source", pa.string()),
         pa.field("co_tracks", pa.int32()),     # other person clips in the same clip span
+        pa.field("separation_ran", pa.bool_()),  # the video's vocals were separated (see videos)
     ])
     params = {"source": Param("mix", choices=("mix", "vocals"),
                               help="suppress speech in the mix, or in the separated vocals when separation ran")}
@@ -99,5 +100,6 @@ class AudioVariants(Operator):
             out.append({"speaker_audio_uri": write_wav(f"{base}_speaker.wav", speaker),
                         "listener_audio_uri": write_wav(f"{base}_listener.wav", listener),
                         "audio_mask": mask.tolist(), "audio_variant_source": src,
+                        "separation_ran": bool(video.get("separation_ran")),
                         "co_tracks": groups.get((r.get("shot_index"), r.get("clip_index")), 1) - 1})
         return out

@@ -33,7 +33,7 @@ def s3_env():
     server.stop()
 
 
-def test_demo_workflow_on_s3_inputs_into_an_s3_store(s3_env, media, tmp_path):
+def test_demo_workflow_on_s3_inputs_into_an_s3_store(s3_env, media, models, tmp_path):
     import boto3
     s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                       aws_access_key_id="test", aws_secret_access_key="test")
@@ -42,7 +42,7 @@ def test_demo_workflow_on_s3_inputs_into_an_s3_store(s3_env, media, tmp_path):
         s3.upload_file(str(media / name), "media", f"videos/{name}")
     s3.put_object(Bucket="media", Key="videos/notes.txt", Body=b"not a video")  # not listed
     env = {**os.environ, **s3_env}
-    run = subprocess.run([CURATION, "run", str(ROOT / "workflows" / "demo.yaml"), "--input",
+    run = subprocess.run([CURATION, "run", str(ROOT / "workflows" / "demo.yaml"), "--models", str(models), "--input",
                           "s3://media/videos", "--store", "s3://media/store"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

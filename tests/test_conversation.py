@@ -1,0 +1,134 @@
+"""The conversation workflow end to end on real clips: three-state labels, sync, audio variants,
+sentence units, and what `show` and `sample` make of them. Values a person can check by watching:
+vr_face1 (one woman talking to camera), lp_d3 (grimaces, no speech), lp_d0 (no audio stream) and the
+second half of dj_video4 (the woman in front talks, the one behind combs her hair)."""
+from __future__ import annotations
+
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from curation.cli import app
+from curation.runner import Runner
+from curation.store import Store
+from curation.workflow import load
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow]
+
+ACCEPTANCE = ("track_id", "frame_times", "frame_states", "frame_state_probs", "speak_ratio",
+              "listen_ratio", "idle_ratio", "discard_ratio", "sync_offset_frames", "sync_confidence",
+              "sync_min_dist", "sync_backend", "asd_backend", "separation_ran", "transcript_segments",
+              "speaker_audio_uri", "listener_audio_uri")
+
+
+@pytest.fixture(scope="module")
+def conv(tmp_path_factory, media, models):
+    d = tmp_path_factory.mktemp("conv")
+    dj = d / "dj_video4_tail.mp4"      # 13-22.4 s: the talking part, both women in frame
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", "13", "-i", str(media / "dj_video4.mp4"),
+                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(dj)], check=True)
+    st = Store(str(d / "store"))
+    files = [media / "vr_face1.mp4", media / "lp_d3.mp4", media / "lp_d0.mp4", dj]
+    summary = Runner(load(ROOT / "workflows" / "conversation.yaml"), st, model_dir=str(models),
+                     executor="local").run([str(f) for f in files])
+    names = {v["video_id"]: Path(v["uri"]).name for v in st.query("videos").to_pylist()}
+    clips: dict[str, list[dict]] = {}
+    for c in st.query("clips", where="clip_kind = 'person'").to_pylist():
+        clips.setdefault(names[c["video_id"]], []).append(c)
+    return st, summary, clips, d
+
+
+def _speech_frames(c):
+    return np.asarray(c["speech_present"]) >= 0.5
+
+
+def test_the_visible_talker_speaks_on_most_speech_frames(conv):
+    _, _, clips, _ = conv
+    [c] = clips["vr_face1.mp4"]
+    states = np.asarray(c["frame_states"])
+    speech = _speech_frames(c)
+    assert speech.mean() > 0.4 and (states[speech] == "speak").mean() >= 0.8
+    assert c["role"] == "speaker" and c["speak_ratio"] > 0.5
+    assert c["listen_ratio"] < 0.05              # nobody else speaks in this clip
+    assert c["asd_backend"].startswith("LR-ASD/LR-ASD_finetuning_TalkSet")
+    probs = c["frame_state_probs"]
+    assert len(probs) == len(states) == len(c["frame_times"])
+    assert all(abs(sum(p.values()) - 1) < 1e-3 for p in probs)
+    assert "help" in " ".join(s["text"] for s in c["transcript_segments"])
+
+
+def test_grimaces_without_speech_are_never_speaking(conv):
+    _, _, clips, _ = conv
+    for c in clips["lp_d3.mp4"]:
+        states = set(c["frame_states"])
+        assert "speak" not in states and "listen" not in states
+        assert c["idle_ratio"] + c["discard_ratio"] == pytest.approx(1.0, abs=1e-6)
+        assert c["separation_ran"] is False and c["transcript_segments"] == []
+
+
+def test_no_audio_stream_is_a_clear_row_error(conv):
+    st, _, clips, _ = conv
+    for c in clips["lp_d0.mp4"]:
+        assert c["error"] and "no audio stream" in c["error"] and c["frame_states"] is None
+    video = next(v for v in st.query("videos").to_pylist() if v["uri"].endswith("lp_d0.mp4"))
+    assert video["separation_reason"] == "no audio stream" and video["asr_backend"] == "no-audio"
+
+
+def test_the_talking_woman_is_the_speaker_not_the_one_combing_hair(conv):
+    st, _, clips, _ = conv
+    rows = clips["dj_video4_tail.mp4"]
+    tracks = {t["track_id"]: t for t in st.query("tracks").to_pylist()}
+    # the front woman has the larger face; the hair-combing woman sits behind her
+    speak = {}
+    for c in rows:
+        speak.setdefault(c["track_id"], []).append(c["speak_ratio"] or 0.0)
+    front = max(speak, key=lambda t: tracks[t]["face_size_px"] or 0)
+    assert max(speak[front]) > 0.3
+    for t, ratios in speak.items():
+        if t != front:
+            assert max(ratios) < 0.1, (t, ratios)
+    assert all(c["separation_ran"] for c in rows)       # music in the background: separated
+    video = next(v for v in st.query("videos").to_pylist() if v["uri"].endswith("dj_video4_tail.mp4"))
+    assert video["voice_source"] == "vocals+mix" and video["vocals_uri"].endswith("vocals.wav")
+
+
+def test_sync_and_audio_variants(conv):
+    _, _, clips, _ = conv
+    for name in ("vr_face1.mp4", "dj_video4_tail.mp4"):
+        for c in clips[name]:
+            assert set(ACCEPTANCE) <= set(c) and c["error"] is None
+            assert -15 <= c["sync_offset_frames"] <= 15 and c["sync_confidence"] >= 0
+            assert c["sync_backend"].startswith("motion-energy")
+            assert len(c["audio_mask"]) == len(c["frame_states"])
+            for uri in (c["speaker_audio_uri"], c["listener_audio_uri"]):
+                with wave.open(uri) as w:
+                    assert w.getframerate() == 16000
+                    assert w.getnframes() / 16000 == pytest.approx(c["end_s"] - c["start_s"], abs=0.05)
+    [c] = clips["vr_face1.mp4"]
+    with wave.open(c["listener_audio_uri"]) as w:     # her own speech suppressed: near silence
+        listener = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(float)
+    with wave.open(c["speaker_audio_uri"]) as w:
+        speaker = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(float)
+    assert np.sqrt((listener ** 2).mean()) < 0.2 * np.sqrt((speaker ** 2).mean())
+
+
+def test_show_prints_the_state_strip_and_sample_draws_it(conv, tmp_path):
+    st, _, clips, d = conv
+    [c] = clips["vr_face1.mp4"]
+    out = CliRunner().invoke(app, ["show", "--store", str(d / "store"), c["clip_id"]])
+    assert out.exit_code == 0, out.output
+    strip = next(line for line in out.output.splitlines() if "speaker" in line and " S " in line)
+    assert strip.split()[-1] in "SLID" and "role speaker" in out.output
+    res = CliRunner().invoke(app, ["sample", "--store", str(d / "store"), "--where",
+                                   f"clip_id = '{c['clip_id']}'", "-n", "1", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+    sheet = Image.open(next(tmp_path.glob("*.png"))).convert("RGB")
+    px = np.asarray(sheet)[-30:]                     # the strip under the frames: speak is red
+    assert ((px[..., 0] > 200) & (px[..., 1] < 90) & (px[..., 2] < 90)).sum() > 200
+    assert next(tmp_path.glob("*_track.mp4")).stat().st_size > 10_000
