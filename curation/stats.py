@@ -96,7 +96,8 @@ def schema_rows(only: str | None = None) -> list[dict]:
     from operators import REGISTRY
     from schemas import KEYS, TABLES
     rows = []
-    backbone = {"videos": "ingest / probe", "shots": "shots", "clips": "clips", "tracks": "(later: people)"}
+    backbone = {"videos": "ingest / probe", "shots": "shots", "clips": "clips", "tracks": "people",
+                "references": "references", "subsets": "curation balance"}
     for table, schema in TABLES.items():
         if only and table != only:
             continue
@@ -110,7 +111,7 @@ def schema_rows(only: str | None = None) -> list[dict]:
             who = writers.get(f.name) or ("key" if f.name in KEYS[table] else
                                           "run" if f.name in ("run_id", "error", "error_stage") else
                                           "ingest" if f.name in ("uri", "size_bytes", "mtime_ns", "schema_version")
-                                          else backbone[table])
+                                          else backbone.get(table, "base schema"))
             rows.append({"table": table, "column": f.name, "type": str(f.type), "writer": who})
             seen.add(f.name)
         for op in REGISTRY.values():
