@@ -40,10 +40,11 @@ logit, 0 of 153 demo decisions flipped (speaking 1.00 both ways); LR-ASD max 0.8
 (speaking 0.77 without, 0.52 with). Default off: it is a lossy step of the demo pipeline whose output
 depends on the codec build, and our face boxes (detector) already differ from the original's S3FD.
 
-Speed (this 2-core CPU, torch 2 threads, shared with other jobs at load average 15-30, so an upper
-bound): ~20-32 s per second of 25-fps video per track for the six-duration score (Light-ASD ~32,
-LR-ASD ~20-22). The visual encoder is ~0.2 GMAC per frame; the edge-piece scheme runs it about
-3.4 (Light) / 4.1 (LR) times per frame instead of 7.
+Speed (this 2-core CPU, torch 2 threads, other jobs running at load average ~3.5; st_WDA_KatieHill_000,
+200 frames): 4.0 s (Light-ASD) / 3.4 s (LR-ASD) per second of 25-fps video per face track for the
+six-duration score, crops and MFCC given (chunk-by-chunk as the original: 5.8 / 4.5 s). At load
+average 15-30 the same took 20-32 s per second. The visual encoder is ~0.2 GMAC per frame; it runs
+once over the track plus edge pieces per duration instead of six times.
 """
 from __future__ import annotations
 

@@ -35,6 +35,10 @@ Within +-1 frame of the truth on 18 of 35; within +-1 of (shift + the clip's own
 on 33 of 35. The per-clip bias (mouth motion vs sound energy timing, or a real offset in the source
 clip: this cannot tell which) makes absolute offsets of a few frames unreliable; large offsets and
 offset changes are reliable on talking faces. Use SyncNet (syncnet.py) when its weights are present.
+A silent track (lp_d3: digital silence) gives offset 0 and LSE-C 0; ambient noise without speech
+(pf_single_face) can still give LSE-C ~0.4, so LSE-C is no speech detector.
+
+Speed: ~0.13 s per second of video (MFCC + frame differences), crops given.
 """
 from __future__ import annotations
 

@@ -24,8 +24,8 @@ Offset search (§5.3, :func:`sync_from_distances`): d[i][k] = ||V[i] - A[i + k -
   original), placed at the window's centre frame i + 2; frames with no window centre are NaN.
 
 Cost: ~1.6 GMAC per window, 25 windows per second of video (the lip CNN dominates). Measured here on a
-randomly initialised network with the machine shared (load average ~25): ~2 s per window, i.e. ~50 s
-per second of video; on an idle 2-core CPU expect a few seconds per second of video.
+randomly initialised network (same arithmetic as trained weights): 4.0 s per second of video at load
+average ~3 on this 2-core CPU (~50 s per second when the machine was shared at load ~25).
 """
 from __future__ import annotations
 
