@@ -451,7 +451,10 @@ class ActiveSpeakerNet:
             full = t // n
             if full:   # equal-length chunks batched together: equivalent to one at a time (§1.5)
                 a = enc_a(a_all[: full * n * 4].reshape(full, n * 4, 13))
-                v = enc_v(v_all[: full * n].reshape(full, n, 112, 112)) if ve is None else ve[: full * n].reshape(full, n, 128)
+                if ve is None:
+                    v = enc_v(v_all[: full * n].reshape(full, n, 112, 112))
+                else:
+                    v = ve[: full * n].reshape(full, n, 128)
                 outs.append(self.net.logits(a, v).reshape(-1, 2))
             if t > full * n:
                 a = enc_a(a_all[None, full * n * 4:])
