@@ -81,7 +81,7 @@ _F32 = pa.float32()
 
 class People(Operator):
     name = "people"
-    version = "2"
+    version = "3"   # 3: track ids VIDEO:SHOT:tK (apart from clip ids VIDEO:SHOT:CLIP)
     input_table = "shots"
     output_table = "tracks"
     reads = ("shots.start_s", "shots.end_s", "shots.shot_index", "videos.width", "videos.height")
@@ -265,7 +265,7 @@ class People(Operator):
         dt = np.diff(t)
         dm = np.abs(np.diff(mouth)) / np.maximum(dt, 1e-6)
         return {
-            "track_id": f"{video['video_id']}:{row['shot_index']}:{k}",
+            "track_id": f"{video['video_id']}:{row['shot_index']}:t{k}",
             "video_id": video["video_id"], "shot_index": row["shot_index"],
             "start_s": float(t[0]), "end_s": float(t[-1] + 1.0 / ANALYSIS_FPS),
             "frame_times_s": t.tolist(),

@@ -100,7 +100,7 @@ CLIPS = pa.schema([
 
 # Room for person tracks (a later issue fills it): frame-aligned per-frame lists per track.
 TRACKS = pa.schema([
-    pa.field("track_id", pa.string(), nullable=False),  # "<video_id>:<shot_index>:<track_index>"
+    pa.field("track_id", pa.string(), nullable=False),  # "<video_id>:<shot_index>:t<track_index>"
     pa.field("video_id", pa.string()),
     pa.field("shot_index", pa.int32()),
     pa.field("frame_times_s", frame_list(pa.float64())),
