@@ -95,7 +95,8 @@ class StageWorker:
     def _readable(self, table: str) -> list[str]:
         return [f.name for f in self.store.schema(table)
                 if not (f.metadata and f.metadata.get(b"lance-encoding:blob"))
-                and not pa.types.is_large_binary(f.type)]
+                and not pa.types.is_large_binary(f.type)
+                and not isinstance(f.type, pa.ExtensionType)]   # blobs (lance.blob.v2)
 
     def _rows_of(self, table: str, video_ids: list[str], columns: list[str] | None = None,
                  extra: str | None = None) -> dict[str, list[dict]]:

@@ -629,11 +629,18 @@ def _check_unique(data: pa.Table, key: list[str], table: str) -> None:
 
 def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     """Cast ``data`` to ``schema`` (adding null columns the schema has and the data lacks)."""
-    cols = []
+    cols, fields = [], []
     for f in schema:
         if f.name in data.column_names:
             col = data[f.name]
+            storage = f.type.storage_type if isinstance(f.type, pa.ExtensionType) else f.type
+            if pa.types.is_struct(storage) and (pa.types.is_large_binary(col.type)
+                                                or pa.types.is_binary(col.type)):
+                # a blob column: Lance's schema shows its descriptor type (lance.blob.v2); the
+                # bytes are written as a blob-encoded large_binary
+                f = pa.field(f.name, pa.large_binary(), metadata={b"lance-encoding:blob": b"true"})
             cols.append(col if col.type == f.type else col.cast(f.type))
         else:
             cols.append(pa.nulls(data.num_rows, f.type))
-    return pa.Table.from_arrays(cols, schema=schema)
+        fields.append(f)
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))

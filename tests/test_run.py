@@ -22,6 +22,24 @@ SUBSET = ("fr_short_hamilton_clip.mp4", "lp_d0.mp4", "vr_face1.mp4", "pf_single_
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
+# The weight-free steps of workflows/demo.yaml: these tests are about the command line, the store and
+# resume; the model steps of the demo run end to end in test_object_store.py (the whole demo.yaml)
+# and in test_conversation.py, test_contract.py and the operators' own tests.
+LIGHT = """name: light
+steps:
+  - {name: probe, op: probe}
+  - {name: shots, op: shots, after: [probe], params: {detector: content, threshold: 27.0, min_scene_len_s: 0.5}}
+  - {name: audio, op: audio, after: [probe]}
+  - {name: clips, op: clips, after: [shots]}
+  - {name: clip_speech, op: clip_speech, after: [clips, audio]}
+  - {name: quality, op: quality, after: [clips]}
+  - {name: temporal, op: temporal, after: [clips]}
+filters:
+  - {name: duration, where: "duration_s >= 2.0"}
+  - {name: speech, where: "speech_ratio >= 0.3"}
+  - {name: sharp, where: "sharpness >= 20"}
+"""
+
 
 def _invoke(*args):
     result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
@@ -31,12 +49,13 @@ def _invoke(*args):
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory, media, bad_inputs, ray_session):
     store = tmp_path_factory.mktemp("run") / "store"
+    workflow = store.parent / "light.yaml"
+    workflow.write_text(LIGHT)
     inputs = [x for name in SUBSET for x in ("--input", media / name)]
     inputs += [x for p in bad_inputs.values() for x in ("--input", p)]
-    result = _invoke("run", ROOT / "workflows" / "demo.yaml", *inputs, "--store", store,
-                     "--workers", 2)
+    result = _invoke("run", workflow, *inputs, "--store", store, "--workers", 2)
     assert result.exit_code == 0, result.output
-    return store, inputs, result.output
+    return store, inputs, result.output, workflow
 
 
 def _by_uri(store: Store) -> dict[str, dict]:
@@ -44,7 +63,7 @@ def _by_uri(store: Store) -> dict[str, dict]:
 
 
 def test_run_records_every_video_and_per_row_errors(demo_store):
-    path, _, output = demo_store
+    path, _, output, _ = demo_store
     st = Store(str(path))
     videos = _by_uri(st)
     assert len(videos) == len(SUBSET) + 4
@@ -115,10 +134,10 @@ def test_stats_show_and_sample(demo_store, tmp_path):
 
 
 def test_rerun_skips_done_work_and_from_reruns_downstream(demo_store):
-    path, inputs, _ = demo_store
+    path, inputs, _, workflow = demo_store
     st = Store(str(path))
     counts = {t: st.count(t) for t in ("videos", "shots", "clips")}
-    again = _invoke("run", ROOT / "workflows" / "demo.yaml", *inputs, "--store", path)
+    again = _invoke("run", workflow, *inputs, "--store", path)
     assert again.exit_code == 0
     assert {t: st.count(t) for t in counts} == counts
     runs = st.query("runs").to_pylist()
@@ -127,7 +146,7 @@ def test_rerun_skips_done_work_and_from_reruns_downstream(demo_store):
     assert st.count("status", f"run_id = '{latest['run_id']}'") == 0   # nothing was redone
     assert "up to date" in again.output
     before = {r["clip_id"]: r["run_id"] for r in st.query("clips").to_pylist()}
-    redo = _invoke("run", ROOT / "workflows" / "demo.yaml", *inputs, "--store", path, "--from", "clips")
+    redo = _invoke("run", workflow, *inputs, "--store", path, "--from", "clips")
     assert redo.exit_code == 0, redo.output
     after = st.query("clips").to_pylist()
     assert {t: st.count(t) for t in counts} == counts
@@ -152,16 +171,6 @@ def test_invalid_workflow_exits_non_zero_with_one_line(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-LIGHT = """name: light
-steps:
-  - {name: probe, op: probe}
-  - {name: shots, op: shots, after: [probe], params: {detector: content, threshold: 27.0, min_scene_len_s: 0.5}}
-  - {name: audio, op: audio, after: [probe]}
-  - {name: clips, op: clips, after: [shots]}
-  - {name: clip_speech, op: clip_speech, after: [clips, audio]}
-  - {name: quality, op: quality, after: [clips]}
-  - {name: temporal, op: temporal, after: [clips]}
-"""
 
 
 def test_killed_run_resumes_without_losing_or_duplicating_rows(media, bad_inputs, tmp_path):
