@@ -5,6 +5,7 @@ second half of dj_video4 (the woman in front talks, the one behind combs her hai
 from __future__ import annotations
 
 import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -13,11 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from curation.cli import app
-from curation.runner import Runner
 from curation.store import Store
-from curation.workflow import load
 
 ROOT = Path(__file__).resolve().parents[1]
+CURATION = str(Path(sys.executable).parent / "curation")
 pytestmark = [pytest.mark.slow]
 
 ACCEPTANCE = ("track_id", "frame_times", "frame_states", "frame_state_probs", "speak_ratio",
@@ -34,8 +34,12 @@ def conv(tmp_path_factory, media, models):
                     "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(dj)], check=True)
     st = Store(str(d / "store"))
     files = [media / "vr_face1.mp4", media / "lp_d3.mp4", media / "lp_d0.mp4", dj]
-    summary = Runner(load(ROOT / "workflows" / "conversation.yaml"), st, model_dir=str(models),
-                     executor="local").run([str(f) for f in files])
+    # a process of its own, as a user runs it (in-process, without Ray: the step order is fixed)
+    cmd = [CURATION, "run", str(ROOT / "workflows" / "conversation.yaml"), "--store", str(d / "store"),
+           "--models", str(models), "--local"] + [x for f in files for x in ("--input", str(f))]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = run.stdout
     names = {v["video_id"]: Path(v["uri"]).name for v in st.query("videos").to_pylist()}
     clips: dict[str, list[dict]] = {}
     for c in st.query("clips", where="clip_kind = 'person'").to_pylist():
