@@ -72,7 +72,7 @@ def test_vr_face1_one_track_with_its_face(run, media):
     video, tracks = run(media / "vr_face1.mp4", 0.0, 4.0)
     assert len(tracks) == 1
     t = tracks[0]
-    assert t["track_id"] == f"{video['video_id']}:0:0" and t["shot_index"] == 0
+    assert t["track_id"] == f"{video['video_id']}:0:t0" and t["shot_index"] == 0
     times = arr(t, "frame_times_s")
     n = len(times)
     assert n == t["num_frames"] and n > 80                       # 22 fps clip: every frame, 4 s
