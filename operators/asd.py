@@ -60,6 +60,33 @@ def fill_gaps(boxes: np.ndarray) -> np.ndarray:
     return boxes[pick]
 
 
+def face_span(video: dict, row: dict, frames, max_gap_s: float, what: str):
+    """The part of a person clip's frames from the first to the last frame with a face of its
+    track: (has_face over all frames, slice of that part, its boxes in image pixels with short
+    gaps filled, its 16 kHz int16 audio from its first frame, one frame longer); the slice is None
+    when no frame has a face. Shared by ``asd`` and ``sync``; ``what`` names the step in errors."""
+    if not video.get("has_audio"):
+        raise OperatorError(f"no audio stream: {what} need the soundtrack")
+    tracks = {t["track_id"]: t for t in video.get("tables", {}).get("tracks", [])}
+    track = tracks.get(row.get("track_id"))
+    if track is None:
+        raise OperatorError(f"track {row.get('track_id')!r} of this clip not found")
+    boxes = track_boxes_at(frames.times, track, max_gap_s)
+    has_face = np.all(np.isfinite(boxes), axis=1)
+    if not has_face.any():
+        return has_face, None, None, None
+    lo, hi = np.where(has_face)[0][[0, -1]]
+    seg = slice(lo, hi + 1)
+    with local_path(video["uri"]) as path:
+        try:
+            audio = load_audio(path, 16000, start_s=float(frames.times[lo]),
+                               duration_s=(hi - lo + 2) / FPS)
+        except MediaError as e:
+            raise OperatorError(str(e)) from None
+    pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+    return has_face, seg, fill_gaps(boxes[seg]) * frames.scale, pcm
+
+
 class Asd(Operator):
     name = "asd"
     version = "1"
@@ -94,31 +121,15 @@ class Asd(Operator):
         self.net = asd_net.ActiveSpeakerNet(self.model_dir, self.p["network"], self.p["checkpoint"])
 
     def process_row(self, video: dict, row: dict, frames) -> dict:
-        if not video.get("has_audio"):
-            raise OperatorError("no audio stream: active-speaker scores need the soundtrack")
-        tracks = {t["track_id"]: t for t in video.get("tables", {}).get("tracks", [])}
-        track = tracks.get(row.get("track_id"))
-        if track is None:
-            raise OperatorError(f"track {row.get('track_id')!r} of this clip not found")
+        has_face, seg, boxes, pcm = face_span(video, row, frames, float(self.p["max_gap_s"]),
+                                              "active-speaker scores")
         times = frames.times
-        boxes = track_boxes_at(times, track, float(self.p["max_gap_s"]))
-        has_face = np.all(np.isfinite(boxes), axis=1)
         n = len(times)
         logits = np.full(n, np.nan, np.float32)
         prob = np.full(n, np.nan, np.float32)
-        if has_face.any():
-            lo, hi = np.where(has_face)[0][[0, -1]]
-            seg = slice(lo, hi + 1)
+        if seg is not None:
             from operators.nets.asd import asd_crops
-            crops = asd_crops(frames.images[seg], fill_gaps(boxes[seg]) * frames.scale)
-            start = float(times[lo])
-            with local_path(video["uri"]) as path:
-                try:
-                    audio = load_audio(path, 16000, start_s=start, duration_s=(hi - lo + 2) / FPS)
-                except MediaError as e:
-                    raise OperatorError(str(e)) from None
-            pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
-            scores = self.net.score(crops, pcm)
+            scores = self.net.score(asd_crops(frames.images[seg], boxes), pcm)
             logits[seg], prob[seg] = scores.logits, scores.prob
             logits[~has_face], prob[~has_face] = np.nan, np.nan
         return {"frame_times": [round(float(t), 4) for t in times],

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from curation.media import FrameSpec, MediaError, load_audio, local_path
+from curation.media import FrameSpec
 from curation.operator import Operator, OperatorError, Param, Resources
-from operators.asd import fill_gaps, track_boxes_at
+from operators.asd import face_span
 
 FPS = 25.0
 
@@ -67,25 +67,11 @@ class Sync(Operator):
             self.backend = "motion-energy (lower-face motion vs speech energy)"
 
     def process_row(self, video: dict, row: dict, frames) -> dict:
-        if not video.get("has_audio"):
-            raise OperatorError("no audio stream: nothing to sync")
-        tracks = {t["track_id"]: t for t in video.get("tables", {}).get("tracks", [])}
-        track = tracks.get(row.get("track_id"))
-        if track is None:
-            raise OperatorError(f"track {row.get('track_id')!r} of this clip not found")
-        boxes = track_boxes_at(frames.times, track, float(self.p["max_gap_s"]))
-        has_face = np.all(np.isfinite(boxes), axis=1)
+        has_face, seg, boxes, pcm = face_span(video, row, frames, float(self.p["max_gap_s"]),
+                                              "sync estimates")
         if has_face.sum() < 10:
             raise OperatorError("fewer than 10 frames with a face: no sync estimate")
-        lo, hi = np.where(has_face)[0][[0, -1]]
-        images, times = frames.images[lo:hi + 1], frames.times[lo:hi + 1]
-        boxes = fill_gaps(boxes[lo:hi + 1]) * frames.scale
-        with local_path(video["uri"]) as path:
-            try:
-                audio = load_audio(path, 16000, start_s=float(times[0]), duration_s=(len(times) + 1) / FPS)
-            except MediaError as e:
-                raise OperatorError(str(e)) from None
-        pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+        images, times = frames.images[seg], frames.times[seg]
         from operators.nets.asd import asd_crops, face_crops_224
         if self.p["backend"] == "syncnet":
             res = self.net.sync(face_crops_224(images, boxes), pcm)
