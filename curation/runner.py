@@ -155,24 +155,32 @@ class StageWorker:
                 {**k, "error": None, "error_stage": None} for k, row in zip(keys, rows)
                 if row.get("error_stage") == r.step and tuple(k.values()) not in mine]
         if r.rows is not None:
-            r.rows = self._stage(r)
+            if r.rows.num_rows:
+                r.rows = r.rows.append_column("run_id", pa.array([self.run_id] * r.rows.num_rows,
+                                                                  pa.string()))
+            r.rows = self._stage(r, op)
         return r
 
-    def _stage(self, r: StepResult):
-        """Arrow IPC bytes inline when small, else a file under the store's staging prefix."""
+    def _stage(self, r: StepResult, op):
+        """Small results travel inline (Arrow IPC bytes). Large ones are written by the worker:
+        rows an operator emits as uncommitted Lance fragments of their table (the driver commits
+        the fragments' metadata), annotations (and emitted rows the table cannot take yet: a new
+        column, no table) as an Arrow file under the store's staging prefix."""
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, r.rows.schema) as w:
             w.write_table(r.rows)
         data = sink.getvalue()
         if len(data) <= INLINE_BYTES:
             return data
-        import pyarrow.fs as pafs
+        if op.emits:
+            fragments = self.store.write_fragments(op.output_table, r.rows)
+            if fragments is not None:
+                return {"fragments": fragments, "rows": r.rows.num_rows}
         uri = f"{self.store.uri}/_staging/{self.run_id}/{r.step}/{r.video_id}-{uuid.uuid4().hex[:8]}.arrow"
         fs, path = _fs(uri)
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as f:
             f.write(data)
-        del pafs
         return {"staged": uri, "rows": r.rows.num_rows}
 
 
@@ -184,9 +192,12 @@ def _fs(uri: str):
 
 
 def _unstage(rows) -> pa.Table | None:
+    """A worker's result rows as a table (None for fragments the worker wrote: see _commit)."""
     if rows is None or isinstance(rows, pa.Table):
         return rows
     if isinstance(rows, dict):
+        if "fragments" in rows:
+            return None
         fs, path = _fs(rows["staged"])
         with fs.open_input_stream(path) as f:
             return pa.ipc.open_stream(f.read()).read_all()
@@ -715,11 +726,13 @@ class Runner:
         for step in st.steps:
             cls = step.op_cls
             op = step.make()
-            marks, outputs, emitted_for = [], [], []
+            marks, outputs, fragments, emitted_for = [], [], [], []
             s = sums[step.name]
             for vid, results in buffer:
                 r = next(x for x in results if x.step == step.name)
                 rows = _unstage(r.rows)
+                n_rows = r.rows["rows"] if isinstance(r.rows, dict) else (
+                    None if rows is None else rows.num_rows)
                 if r.error and r.marks is None:   # lost with its worker: mark its input rows here
                     r.marks = [{**k, "error": r.error, "error_stage": r.step}
                                for k in lost_keys.get(vid, [])]
@@ -728,19 +741,18 @@ class Runner:
                 else:
                     if cls.output_table != cls.input_table:
                         emitted_for.append(vid)
-                    if rows is not None and rows.num_rows:
-                        rows = rows.append_column("run_id", pa.array([run_id] * rows.num_rows,
-                                                                     pa.string()))
+                    if isinstance(r.rows, dict) and "fragments" in r.rows:
+                        fragments += r.rows["fragments"]
+                    elif rows is not None and rows.num_rows:
                         outputs.append(rows)
-                        s.rows += rows.num_rows
+                    s.rows += n_rows or 0
                     s.failed_rows += sum(1 for m in r.marks or [] if m["error"] is not None)
                 marks += [{**m, "run_id": run_id} for m in r.marks or []]
                 s.done += 1
                 s.seconds += r.seconds
                 status.append({"step": r.step, "video_id": vid, "op": cls.name,
                                "op_version": cls.version, "params_hash": op.params_hash(),
-                               "ok": r.error is None, "error": r.error,
-                               "rows": None if rows is None else rows.num_rows,
+                               "ok": r.error is None, "error": r.error, "rows": n_rows,
                                "seconds": r.seconds, "run_id": run_id, "updated_at": now()})
             out = pa.concat_tables(outputs, promote_options="permissive") if outputs else None
             if cls.output_table != cls.input_table:
@@ -749,10 +761,9 @@ class Runner:
                     if cls.emit_scope and self.store.exists(cls.output_table):
                         if _columns_exist(self.store, cls.output_table, cls.emit_scope):
                             where = f"({where}) AND ({cls.emit_scope})"
-                    if out is not None:
-                        self.store.replace(cls.output_table, where, out)
-                    else:
-                        self.store.delete(cls.output_table, where)
+                    # one commit: the old rows out, the new rows (inline, and fragments the
+                    # workers wrote) in
+                    self.store.append(cls.output_table, out, fragments, replace_where=where)
             elif out is not None:
                 self.store.annotate(cls.output_table, out)
             if marks:

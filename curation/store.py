@@ -277,6 +277,76 @@ class Store:
         self.delete(table, where)
         self.upsert(table, data)
 
+    # ---- writes split between workers and a committer ------------------------------------------
+    def write_fragments(self, table: str, data: pa.Table) -> list | None:
+        """Write ``data`` as new, not yet committed fragments of ``table`` (a worker writes its large
+        outputs itself; the committer makes them visible with :meth:`append`). Returns the fragments'
+        metadata (small, picklable), or None when they cannot be written ahead of the commit: no
+        table yet, or a column the table does not have (the committer must add it first)."""
+        ds = self._open(table)
+        if ds is None or any(n not in ds.schema.names for n in data.column_names):
+            return None
+        _check_unique(data, list(self._key(table)), table)
+        rows = _conform(data, pa.schema([ds.schema.field(n) for n in data.column_names]))
+        from lance.fragment import write_fragments
+        return write_fragments(rows, ds, mode="append", storage_options=self.storage_options,
+                               data_storage_version=ds.data_storage_version)
+
+    def append(self, table: str, data: pa.Table | None = None, fragments: Sequence = (),
+               replace_where: str | None = None) -> int:
+        """Add rows: the already written ``fragments`` (:meth:`write_fragments`) and the rows of
+        ``data``, in one commit that also deletes the rows matching ``replace_where`` (the rows the
+        new ones replace; their keys must not collide with rows left in place). Readers see the old
+        rows or the new ones, never neither; two writers replacing the same rows conflict and the
+        second retries against the first's result, so rows are never duplicated. Cheaper than
+        :meth:`replace` (no join against the table). Returns the number of rows added."""
+        data = None if data is None or data.num_rows == 0 else _as_table(data)
+        fragments = list(fragments)
+        created = 0
+        if data is not None:
+            _check_unique(data, list(self._key(table)), table)
+            if self._open(table) is None and self._create(table, data):
+                created = data.num_rows
+            else:
+                self._add_missing_columns(table, self.dataset(table), data)
+                fragments += self.write_fragments(table, data)
+        if not fragments and not replace_where:
+            return created
+        if not fragments and created:
+            return created   # a new table: nothing to replace
+
+        def attempt():
+            ds = self._open(table)
+            if ds is None:
+                return None
+            removed, updated = self._deletions(ds, replace_where) if replace_where else ([], [])
+            if not (fragments or removed or updated):
+                return ds
+            op = (lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated,
+                                              new_fragments=fragments)
+                  if removed or updated else lance.LanceOperation.Append(fragments))
+            lance.LanceDataset.commit(self.table_uri(table), op, read_version=ds.version,
+                                      storage_options=self.storage_options)
+            return ds
+
+        ds = _retrying(f"write to {table}", attempt)
+        self._after_write(table, ds)
+        return created + sum(f.physical_rows for f in fragments)
+
+    @staticmethod
+    def _deletions(ds, where: str) -> tuple[list[int], list]:
+        """Fragments ``where`` empties (ids) and the others it touches (with new deletion files)."""
+        hits = ds.to_table(columns=[], filter=_checked(where), with_row_id=True)["_rowid"]
+        ids = sorted({int(r) >> 32 for r in hits.to_pylist()})
+        removed, updated = [], []
+        for fid in ids:
+            new = ds.get_fragment(fid).delete(where)
+            if new is None:
+                removed.append(fid)
+            else:
+                updated.append(new)
+        return removed, updated
+
     def delete(self, table: str, where: str) -> None:
         if not self.exists(table):
             return
