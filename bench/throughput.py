@@ -121,7 +121,8 @@ def cpu_busy(seconds: float = 3.0) -> float | None:
 
 
 def machine_info() -> dict:
-    import decord
+    from curation.media import import_decord
+    decord = import_decord()
     import ray
     cpu = "?"
     try:

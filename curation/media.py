@@ -174,7 +174,57 @@ def _float(x) -> float | None:
 # ---- audio -----------------------------------------------------------------------------------------
 def load_audio(path: str, sample_rate: int = 16000, start_s: float = 0.0,
                duration_s: float | None = None) -> np.ndarray:
-    """Mono float32 PCM in [-1, 1] at ``sample_rate`` (ffmpeg resamples and down-mixes)."""
+    """Mono float32 PCM in [-1, 1] at ``sample_rate``: the first audio stream, resampled and
+    down-mixed by libswresample, in-process through PyAV (an ffmpeg process per call cost about
+    0.12 s of start-up, more than the whole decode of a short clip; the two agree to 1 LSB on the
+    shared clips). Streams PyAV cannot read go through an ffmpeg pipe."""
+    try:
+        return _load_audio_av(path, sample_rate, start_s, duration_s)
+    except MediaError:
+        raise
+    except Exception:  # noqa: BLE001 - PyAV could not read it: let ffmpeg try (and explain)
+        return _load_audio_ffmpeg(path, sample_rate, start_s, duration_s)
+
+
+def _load_audio_av(path: str, sample_rate: int, start_s: float, duration_s: float | None) -> np.ndarray:
+    """Samples from ``start_s`` on the stream's own timeline (its first sample at 0 s): the same
+    samples as decoding the whole stream and slicing it. A late start seeks to a packet a second
+    before it, and the resampled frames' timestamps place the samples."""
+    import av
+    with av.open(path) as container:
+        if not container.streams.audio:
+            raise MediaError("audio extraction failed: the file has no audio stream")
+        stream = container.streams.audio[0]
+        tb = float(stream.time_base or 0)
+        t0 = stream.start_time or 0
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+        seeked = start_s > 2.0 and tb > 0
+        if seeked:
+            container.seek(t0 + int((start_s - 1.0) / tb), stream=stream, backward=True)
+        want = None if duration_s is None else max(0, int(round(duration_s * sample_rate)))
+        first, chunks, have = None, [], 0
+        for frame in container.decode(stream):
+            if seeked and first is None:
+                if frame.pts is None:   # cannot place the samples: decode from the start
+                    return _load_audio_av(path, sample_rate, 0.0, None)[
+                        int(round(start_s * sample_rate)):][:want]
+                first = (frame.pts - t0) * tb
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+                have += out.samples
+            if want is not None and have >= want + (start_s - (first or 0.0) + 1.0) * sample_rate:
+                break
+        else:
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    skip = int(round((start_s - (first or 0.0)) * sample_rate))
+    pcm = pcm[max(0, skip):]
+    return (pcm if want is None else pcm[:want]).astype(np.float32) / 32768.0
+
+
+def _load_audio_ffmpeg(path: str, sample_rate: int, start_s: float,
+                       duration_s: float | None) -> np.ndarray:
     cmd = ["ffmpeg", "-nostdin", "-v", "error"]
     if start_s:
         cmd += ["-ss", f"{start_s:.3f}"]
@@ -201,6 +251,29 @@ def extract_wav(path: str, out_path: str, sample_rate: int = 16000) -> str:
 
 
 # ---- frames ----------------------------------------------------------------------------------------
+def import_decord():
+    """``import decord``, without its CUDA preload. decord2's import dlopens every shared library
+    under site-packages/nvidia/*/lib with RTLD_GLOBAL (meant for its GPU build), and with the CUDA
+    build of torch installed that includes libnvblas, which then takes over the process's BLAS
+    symbols: the next CPU matrix product (Whisper's mel filter bank, silero-vad) crashed the
+    process with a segfault. Our decoding is on the CPU, so the preload is skipped: decord asks
+    ``importlib.util.find_spec("nvidia")`` for the packages, and is told there are none."""
+    import sys
+    if "decord" in sys.modules:
+        return sys.modules["decord"]
+    import importlib.util
+    real = importlib.util.find_spec
+
+    def no_nvidia(name, package=None):
+        return None if name == "nvidia" else real(name, package)
+    importlib.util.find_spec = no_nvidia
+    try:
+        import decord
+    finally:
+        importlib.util.find_spec = real
+    return decord
+
+
 @dataclass(frozen=True)
 class FrameSpec:
     """What a frame operator needs: sampling rate (None = every frame) and the long side in pixels
@@ -315,7 +388,7 @@ class VideoDecoder:
     def __init__(self, path: str, rotation: int = 0, max_side: int | None = 480,
                  display_size: tuple[int | None, int | None] = (None, None),
                  size: tuple[int, int] | None = None, threads: int = 2):
-        import decord
+        decord = import_decord()
         self._decord = decord
         # decord2 applies the display matrix itself: frames come out in display orientation and
         # width/height below are display sizes (tests/test_media.py checks a rotated file)

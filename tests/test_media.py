@@ -128,3 +128,19 @@ def test_exact_size_for_networks(media):
     frames = dec.span(0.0, 1.0)
     assert frames.images.shape == (30, 27, 48, 3) and frames.times[0] == 0.0
     assert 5 < frames.images.mean() < 250
+
+
+def test_decoding_video_does_not_break_blas_in_the_same_process(media):
+    """decord2's import preloads every CUDA library of the nvidia pip packages with RTLD_GLOBAL,
+    libnvblas among them, which took over BLAS: Whisper's mel spectrogram after a video decode
+    segfaulted the worker. A fresh process decodes, then runs that matrix product."""
+    import sys
+    code = ("from curation.media import VideoDecoder, FrameSpec, load_audio\n"
+            "import whisper.audio as wa\n"
+            f"d = VideoDecoder({str(media / 'vr_face1.mp4')!r}, max_side=160)\n"
+            "assert len(d.span(0, 1.0, FrameSpec(fps=5, max_side=160))) == 5\n"
+            f"mel = wa.log_mel_spectrogram(load_audio({str(media / 'vr_face1.mp4')!r}), 80)\n"
+            "print(tuple(mel.shape))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-500:])
+    assert r.stdout.strip().endswith("(80, 610)")

@@ -12,7 +12,8 @@ from operators.nets.tracking import track_boxes
 
 
 def frame(media, name: str, t: float) -> np.ndarray:
-    import decord
+    from curation.media import import_decord
+    decord = import_decord()
     vr = decord.VideoReader(str(media / name))
     return vr[int(round(t * vr.get_avg_fps()))].asnumpy()
 
@@ -178,7 +179,8 @@ def test_face_cut_by_the_frame_edge_has_lower_visibility(media, face_net):
 
 
 def test_mouth_moves_while_talking_and_not_for_a_held_smile(media, face_net):
-    import decord
+    from curation.media import import_decord
+    decord = import_decord()
 
     def series(name):
         vr = decord.VideoReader(str(media / name))
