@@ -39,6 +39,7 @@ from schemas import KEYS, SCHEMA_VERSION
 
 INLINE_BYTES = 256 * 1024   # results larger than this are staged as files by the worker
 CRASHED = "worker crashed while processing this video"
+CALL_SECONDS = 1.0          # target seconds of work per worker call (see Runner._batch)
 
 
 def new_run_id() -> str:
@@ -288,8 +289,21 @@ class _RayPool:
             self.idle, self.busy = [], {}
 
 
+_TASK_WORKERS: "dict[bytes, StageWorker]" = {}
+
+
 def _task(args: tuple, vids: list[str]):
-    return StageWorker(*args)(vids)
+    """A stateless stage's call. Ray reuses worker processes, so the StageWorker (its operators,
+    set up once) is kept per process for the same stage of the same run."""
+    import pickle
+    specs, *rest = args
+    key = pickle.dumps(([(n, c.__module__, c.__qualname__, p) for n, c, p in specs], rest))
+    worker = _TASK_WORKERS.get(key)
+    if worker is None:
+        while len(_TASK_WORKERS) >= 8:
+            _TASK_WORKERS.pop(next(iter(_TASK_WORKERS)))
+        worker = _TASK_WORKERS[key] = StageWorker(*args)
+    return worker(vids)
 
 
 # ---- the plan ----------------------------------------------------------------------------------------
@@ -521,6 +535,7 @@ class Runner:
         last_flush = time.perf_counter()
         cpu_budget = self._cpu_budget()
         cpu_used = 0.0
+        per_video_s: dict[int, float] = {}
 
         dependents = {st.index: [d.index for d in stages if st.index in d.deps] for st in stages}
 
@@ -583,7 +598,7 @@ class Runner:
                     if ready[i][0] in retry_alone[i]:
                         vids, alone = [ready[i].popleft()], True
                     else:
-                        n = st.batch or max(1, min(16, len(ready[i]) // max(1, 2 * st.workers)))
+                        n = st.batch or self._batch(per_video_s.get(i), len(ready[i]), st.workers)
                         vids = []
                         while ready[i] and len(vids) < n and ready[i][0] not in retry_alone[i]:
                             vids.append(ready[i].popleft())
@@ -597,6 +612,10 @@ class Runner:
             st = stages[i]
             kind, payload = outcome
             if kind == "done":
+                if payload:   # seconds of work per video of this stage, smoothed
+                    sec = sum(r.seconds for _, res in payload for r in res) / len(payload)
+                    old = per_video_s.get(i)
+                    per_video_s[i] = sec if old is None else 0.7 * old + 0.3 * sec
                 got = {vid for vid, _ in payload}
                 for vid, results in payload:
                     buffer[i].append((vid, results))
@@ -686,6 +705,14 @@ class Runner:
             for s in st.steps:
                 sums[s.name].skipped = len(video_ids) - sums[s.name].done
         return list(sums.values())
+
+    @staticmethod
+    def _batch(per_video_s: float | None, ready: int, workers: int) -> int:
+        """Videos per call of a stage without a set batch size: enough for about CALL_SECONDS of
+        work (a call costs some milliseconds whatever its size: tiny videos need big batches),
+        never more than an even share of the ready videos among the stage's workers."""
+        want = 4 if per_video_s is None else int(min(64, max(1, CALL_SECONDS / max(per_video_s, 1e-3))))
+        return max(1, min(want, -(-ready // max(1, workers))))
 
     def _starving(self, stages, ready, inflight, buffer) -> bool:
         """Commit now when some buffered result would let a stage downstream start while workers
