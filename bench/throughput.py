@@ -294,17 +294,23 @@ def bench_e2e(workflow_path: str, inputs: list[str], worker_counts: list[int], r
             wall = time.perf_counter() - t
             by_n[n].append({
                 "seconds": wall, "videos": summary.videos,
+                "calls_in_flight": round(summary.calls_in_flight, 2),
+                "max_calls_in_flight": summary.max_calls_in_flight,
                 "steps": [{"step": s.step, "seconds": round(s.seconds, 3), "done": s.done,
                            "failed_videos": s.failed_videos, "failed_rows": s.failed_rows,
                            "rows": s.rows} for s in summary.steps]})
-            print(f"end to end, {n} worker(s): {wall:.1f} s", flush=True)
+            print(f"end to end, {n} worker(s): {wall:.1f} s, worker calls in flight "
+                  f"{summary.calls_in_flight:.2f} on average, {summary.max_calls_in_flight} at most",
+                  flush=True)
             shutil.rmtree(store, ignore_errors=True)
     for n in worker_counts:
         runs = sorted(by_n[n], key=lambda r: r["seconds"])
         median_run = runs[(len(runs) - 1) // 2]
         out["runs"].append({"workers": n, "seconds": statistics.median(r["seconds"] for r in runs),
                             "runs_s": [round(r["seconds"], 2) for r in by_n[n]],
-                            "videos": median_run["videos"], "steps": median_run["steps"]})
+                            "videos": median_run["videos"], "steps": median_run["steps"],
+                            "calls_in_flight": statistics.median(r["calls_in_flight"] for r in runs),
+                            "max_calls_in_flight": max(r["max_calls_in_flight"] for r in runs)})
     base = out["runs"][0]["seconds"]
     for r in out["runs"]:
         r["speedup"] = base / r["seconds"]
@@ -391,13 +397,15 @@ def markdown(report: dict) -> str:
                   + (f"untimed warm-up run on {', '.join(e2e['warmup']['files'])}: "
                      f"{e2e['warmup']['seconds']:.1f} s."
                      if e2e.get("warmup") else "no warm-up run."), "",
-                  "| workers | videos | wall s (median) | runs s | speed-up | videos/min | frames/s |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| workers | videos | wall s (median) | runs s | speed-up | videos/min | frames/s "
+                  "| calls in flight, mean (max) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in e2e["runs"]:
             lines.append(f"| {r['workers']} | {r['videos']} | {r['seconds']:.1f} | "
                          f"{', '.join(f'{x:.1f}' for x in r['runs_s'])} | {r['speedup']:.2f}x | "
                          f"{60 * r['videos'] / r['seconds']:.1f} | "
-                         f"{_f(tot['frames'] * copies / r['seconds'] if tot else None)} |")
+                         f"{_f(tot['frames'] * copies / r['seconds'] if tot else None)} | "
+                         f"{r.get('calls_in_flight', 0):.2f} ({r.get('max_calls_in_flight', '-')}) |")
         steps = [s["step"] for s in e2e["runs"][0]["steps"]]
         lines += ["", "Seconds per stage, from the median run (a fused stage's steps share one number):", "",
                   "| step | " + " | ".join(f"{r['workers']} worker(s)" for r in e2e["runs"]) + " |",

@@ -364,6 +364,8 @@ class RunSummary:
     steps: list[StepSummary] = field(default_factory=list)
     seconds: float = 0.0
     failed_inputs: int = 0
+    calls_in_flight: float = 0.0      # worker calls running at once, averaged over the stream time
+    max_calls_in_flight: int = 0
 
 
 class Runner:
@@ -380,6 +382,7 @@ class Runner:
         self.flush_seconds = flush_seconds
         self.min_flush_s = 1.0              # while workers idle: commit at most once a second
         self.progress = progress or (lambda step, done, total: None)
+        self.concurrency = (0.0, 0)   # (mean, max) worker calls in flight during the last stream
 
     def stages(self) -> list[Stage]:
         groups = self.wf.stages()
@@ -430,6 +433,7 @@ class Runner:
         self._clean_staging()
         try:
             summary.steps = self._stream(video_ids, forced, run_id)
+            summary.calls_in_flight, summary.max_calls_in_flight = self.concurrency
         except BaseException:  # an interrupted or broken run says so (a killed one stays "running")
             self.store.upsert("runs", [{"run_id": run_id, "finished_at": now(), "status": "failed"}])
             raise
@@ -689,18 +693,23 @@ class Runner:
             last_flush = time.perf_counter()
             settle_skips(changes)
 
+        busy_s, peak, t_start = 0.0, 0, time.perf_counter()
         try:
             while True:
                 dispatch()
                 if not inflight and not local_results and not any(ready) and not any(buffer):
                     break
+                n_busy, t = len(inflight), time.perf_counter()
+                peak = max(peak, n_busy)
                 collect(timeout=0.2 if any(buffer) else 2.0)
+                busy_s += n_busy * (time.perf_counter() - t)
                 flush(force=False)
                 if not inflight and not local_results and not any(ready):
                     flush(force=True)
         finally:
             for p in pools.values():
                 p.shutdown()
+            self.concurrency = (busy_s / max(1e-9, time.perf_counter() - t_start), peak)
         for st in stages:
             for s in st.steps:
                 sums[s.name].skipped = len(video_ids) - sums[s.name].done

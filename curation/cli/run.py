@@ -72,6 +72,9 @@ def register(app: typer.Typer) -> None:
         if failed_ingest:
             out.print(f"{failed_ingest} input(s) failed at ingest: curation query --store {store} "
                       f"--table videos --where \"error_stage = 'ingest'\" --columns uri,error")
+        if summary.max_calls_in_flight:
+            out.print(f"worker calls in flight: {summary.calls_in_flight:.1f} on average, "
+                      f"{summary.max_calls_in_flight} at most (--workers {workers})")
         out.print(f"store: {store}   (curation stats --store {store})")
 
 
