@@ -17,9 +17,33 @@ upstream (``reads`` is checked when a workflow loads):
   verification: ``silent_omni`` (Omni's class is silence / listen_dialogue / listen_nondialogue),
   ``silent_frames`` (the per-frame speak/listen/idle/discard states from lip motion + speech: no
   speak frames beyond ``max_speak_ratio``, no discard frames) and ``silent`` (both agree).
+  The model is told which person the clip is about (``describe_subject``): the clip's track, by
+  its place and size in the frame over the clip's span; stored as ``caption_subject``.
 
 The two partition ``clips`` by ``clip_kind``, so one workflow may use both without captioning a clip
 twice.
+
+Who the subject is (``captions_conversation``): a person clip follows one track (``track_id``), and in a
+two-person shot that track need not be the most prominent person, so the instruction names it instead
+of ``omni.DEFAULT_SUBJECT``. ``describe_subject`` takes the medians of the track's ``person_boxes`` and
+``face_boxes`` over its frames inside the clip span (display px, divided by ``videos.width`` /
+``height``) and says, in words a vision-language model can ground:
+
+- where: the horizontal fifth of the frame holding the face centre (the box centre without a face):
+  on the left / left of centre / in the centre / right of centre / on the right; "the only person in
+  the shot" when the shot has no other track. When other tracks of the shot have boxes in the span,
+  the subject's order among them from the left ("the leftmost of 2 people"), only when its centre is
+  at least ``MIN_SEPARATION`` of the frame width from each of theirs (one person right behind another
+  gets no order);
+- the median boxes in frame fractions ("median box x 0.13-0.72, y 0.40-0.99 of the frame, face x
+  0.29-0.46, y 0.47-0.72");
+- the shot size from the face height over the frame height (face-mesh boxes, about 0.85 of a head):
+  a close-up from ``CLOSE_UP_FACE``, a wide shot below ``WIDE_FACE``, a medium shot between; without
+  a face, from the person box height (medium from ``MEDIUM_PERSON``, else wide).
+
+With other people in the shot the sentence ends "other people may be visible: describe only the
+subject." A track without a box in the span, or a clip whose track is not in ``tracks``, gets the
+default sentence. ``caption_subject`` stores the sentence the model was given, whichever it was.
 
 Inputs the model sees: the clip's frames on a ``omni.FRAME_FPS`` (2 fps) grid from the clip start
 (``omni.sample_frames``; decoded with the long side at most ``max_side`` px, 448 by default, which is
@@ -48,6 +72,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -63,6 +88,14 @@ TAGS = pa.struct([(k, pa.list_(pa.string())) for k in TAG_KEYS])
 LISTENER = pa.struct([(k, pa.string()) for k in LISTENER_FIELDS])
 AUDIO_SPAN_MAX_S = 600.0   # longest audio span read in one ffmpeg call (16 kHz float32: 38 MB)
 MIN_UNIT_S = 0.05   # a sentence unit sharing less than this with the clip span is not one of its units
+# describe_subject: shot size from the face box height / frame height (person box height without a face).
+# A face a third of the frame high is a head-and-shoulders close-up; a tenth, a body in its setting.
+CLOSE_UP_FACE = 0.3
+WIDE_FACE = 0.1
+MEDIUM_PERSON = 0.5
+MIN_SEPARATION = 0.1    # centres closer than this share of the frame width: no left-to-right order
+POSITIONS = ((0.2, "on the left of"), (0.4, "left of centre in"), (0.6, "in the centre of"),
+             (0.8, "right of centre in"), (float("inf"), "on the right of"))
 
 CAPTION_FIELDS = [
     pa.field("scene_class", pa.string()),
@@ -83,6 +116,9 @@ SILENT_FIELDS = [
     pa.field("silent_frames", pa.bool_()),
     pa.field("silent", pa.bool_()),
 ]
+SUBJECT_FIELDS = [
+    pa.field("caption_subject", pa.string()),   # the sentence telling the model who the subject is
+]
 
 
 def clip_sentences(segments, start_s: float, end_s: float) -> list[dict]:
@@ -102,6 +138,72 @@ def _to_video_time(spans, start_s: float):
         return None
     return [{"start_s": round(start_s + s["start_s"], 3), "end_s": round(start_s + s["end_s"], 3),
              "text": s["text"]} for s in spans]
+
+
+def span_boxes(track: dict, column: str, start_s: float, end_s: float) -> np.ndarray:
+    """The track's finite boxes (K, 4) of ``column`` on its frames in [start_s, end_s)."""
+    times = np.asarray(track.get("frame_times_s") or [], np.float64)
+    boxes = track.get(column) or []
+    keep = [i for i, t in enumerate(times[: len(boxes)]) if start_s - 1e-6 <= t < end_s - 1e-6]
+    out = [np.asarray(boxes[i], np.float64) for i in keep if boxes[i] is not None]
+    out = [b for b in out if b.shape == (4,) and np.all(np.isfinite(b))]
+    return np.stack(out) if out else np.zeros((0, 4))
+
+
+def _ordinal(k: int) -> str:
+    return {1: "second", 2: "third", 3: "fourth"}.get(k, f"{k + 1}th")
+
+
+def _median_boxes(track: dict, start_s: float, end_s: float, scale: np.ndarray):
+    """Median person box and median face box (None without a face) in frame fractions, over the span."""
+    boxes = span_boxes(track, "person_boxes", start_s, end_s)
+    if len(boxes) == 0:
+        return None, None
+    faces = span_boxes(track, "face_boxes", start_s, end_s)
+    box = np.clip(np.median(boxes, axis=0) / scale, 0.0, 1.0)
+    return box, (np.clip(np.median(faces, axis=0) / scale, 0.0, 1.0) if len(faces) else None)
+
+
+def _centre_x(box: np.ndarray, face: np.ndarray | None) -> float:
+    b = box if face is None else face
+    return float(b[0] + b[2]) / 2
+
+
+def describe_subject(track: dict | None, others: Sequence[dict], width: float | None, height: float | None,
+                     start_s: float, end_s: float) -> str | None:
+    """One sentence telling the model which person ``track`` is over [start_s, end_s) (see the module
+    docstring); ``others``: the other tracks of the same shot. None when the track has no person box
+    in the span or the frame size is unknown (the caller falls back to ``omni.DEFAULT_SUBJECT``)."""
+    if not track or not width or not height:
+        return None
+    scale = np.array([width, height, width, height], np.float64)
+    box, face = _median_boxes(track, start_s, end_s, scale)
+    if box is None:
+        return None
+    cx = _centre_x(box, face)
+    where = next(w for edge, w in POSITIONS if cx < edge)
+    if face is not None:
+        share = face[3] - face[1]
+        size = "close-up" if share >= CLOSE_UP_FACE else "wide shot" if share < WIDE_FACE else "medium shot"
+    else:
+        size = "medium shot" if box[3] - box[1] >= MEDIUM_PERSON else "wide shot"
+    hint = f"median box x {box[0]:.2f}-{box[2]:.2f}, y {box[1]:.2f}-{box[3]:.2f} of the frame"
+    if face is not None:
+        hint += f", face x {face[0]:.2f}-{face[2]:.2f}, y {face[1]:.2f}-{face[3]:.2f}"
+    if not others:
+        return f"The subject is the only person in the shot, {where} the frame ({hint}), in a {size}."
+    centres = []
+    for o in others:
+        ob, of = _median_boxes(o, start_s, end_s, scale)
+        if ob is not None:
+            centres.append(_centre_x(ob, of))
+    order = ""
+    if centres and all(abs(c - cx) >= MIN_SEPARATION for c in centres):
+        n, k = len(centres) + 1, sum(c < cx for c in centres)
+        pos = "leftmost" if k == 0 else "rightmost" if k == n - 1 else f"{_ordinal(k)} from the left"
+        order = f", the {pos} of {n} people"
+    return (f"The subject is the person {where} the frame{order} ({hint}), in a {size}; "
+            "other people may be visible: describe only the subject.")
 
 
 def record_to_row(record: dict, start_s: float, backend: str) -> dict:
@@ -206,6 +308,10 @@ class Captions(Operator):
     def sentences(self, row: dict) -> list[dict]:
         return []
 
+    def subject(self, video: dict, row: dict) -> str | None:
+        """Who the model is to describe (one sentence), or None for ``omni.DEFAULT_SUBJECT``."""
+        return None
+
     def request(self, video: dict, row: dict, frames: Frames, audio: np.ndarray | None) -> omni.OmniRequest:
         start, end = float(row["start_s"]), float(row["end_s"])
         if len(frames) == 0:
@@ -215,10 +321,11 @@ class Captions(Operator):
                                 sentences=self.sentences(row), listener=self.listener(row),
                                 behaviour=bool(self.p["behaviour"]),
                                 behaviour_interval_s=float(self.p["behaviour_interval_s"]),
-                                duration_s=end - start, extra={"clip_id": row.get("clip_id")})
+                                duration_s=end - start, subject=self.subject(video, row),
+                                extra={"clip_id": row.get("clip_id")})
 
-    def finish(self, row: dict, record: dict) -> dict:
-        """The output columns of one captioned clip."""
+    def finish(self, row: dict, record: dict, req: omni.OmniRequest | None = None) -> dict:
+        """The output columns of one captioned clip (``req``: the request it was captioned from)."""
         return record_to_row(record, float(row["start_s"]), self.net.backend)
 
     def process_row(self, video: dict, row: dict, frames: Frames) -> dict:
@@ -242,12 +349,12 @@ class Captions(Operator):
                     where.append(i)
                 except Exception as e:  # noqa: BLE001 - that row's error
                     out[i] = e
-        for i, res in zip(where, self.net.caption_many(reqs) if reqs else []):
+        for i, req, res in zip(where, reqs, self.net.caption_many(reqs) if reqs else []):
             if res.error is not None:
                 out[i] = OperatorError(res.error)
                 continue
             try:
-                out[i] = self.finish(items[i][1], res.record)
+                out[i] = self.finish(items[i][1], res.record, req)
             except Exception as e:  # noqa: BLE001
                 out[i] = e
         return out
@@ -282,10 +389,13 @@ class Captions(Operator):
 
 class CaptionsConversation(Captions):
     name = "captions_conversation"
-    version = "1"
+    version = "2"   # 2: the instruction names the clip's track (caption_subject), not the most prominent person
     input_filter = "clip_kind = 'person'"
-    reads = Captions.reads + ("clips.transcript_segments", "clips.role", "clips.frame_states")
-    writes = pa.schema(CAPTION_FIELDS + SILENT_FIELDS)
+    reads = Captions.reads + ("clips.transcript_segments", "clips.role", "clips.frame_states",
+                              "clips.track_id", "clips.shot_index", "videos.width", "videos.height",
+                              "tracks.track_id", "tracks.shot_index", "tracks.frame_times_s",
+                              "tracks.person_boxes", "tracks.face_boxes")
+    writes = pa.schema(CAPTION_FIELDS + SILENT_FIELDS + SUBJECT_FIELDS)
     params = {
         **Captions.params,
         "listener_roles": Param("listener", help="comma-separated roles (rerank: speaker, listener, "
@@ -300,8 +410,20 @@ class CaptionsConversation(Captions):
     def sentences(self, row: dict) -> list[dict]:
         return clip_sentences(row.get("transcript_segments"), float(row["start_s"]), float(row["end_s"]))
 
-    def finish(self, row: dict, record: dict) -> dict:
-        out = super().finish(row, record)
+    def subject(self, video: dict, row: dict) -> str | None:
+        tracks = (video.get("tables") or {}).get("tracks") or []
+        track = next((t for t in tracks if t.get("track_id") == row.get("track_id")), None)
+        if track is None:
+            return None
+        shot = track.get("shot_index")
+        others = [t for t in tracks if t.get("shot_index") == shot and t.get("track_id") != track["track_id"]]
+        return describe_subject(track, others, video.get("width") or row.get("width"),
+                                video.get("height") or row.get("height"),
+                                float(row["start_s"]), float(row["end_s"]))
+
+    def finish(self, row: dict, record: dict, req: omni.OmniRequest | None = None) -> dict:
+        out = super().finish(row, record, req)
         out.update(omni.silent_verification(record["scene_class"], row.get("frame_states"),
                                             float(self.p["max_speak_ratio"])))
+        out["caption_subject"] = omni.subject_sentence(req) if req is not None else None
         return out

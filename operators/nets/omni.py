@@ -18,8 +18,14 @@ Inputs the model sees: frames at ``FRAME_FPS`` frames per second (2 fps, the Qwe
 processor's default, two frames per temporal patch, so one visual time step per second) and the
 clip's mono 16 kHz audio (Whisper features, 25 audio tokens per second), interleaved in time
 (``load_audio_from_video`` / ``use_audio_in_video``: Qwen2.5-Omni's TMRoPE in 2 s chunks), plus a text
-instruction (``build_instruction``) listing the frame rate, the clip length, the numbered sentence
-units with their times and ASR text, and the tag vocabularies. The model answers one JSON object.
+instruction (``build_instruction``) listing the frame rate, the clip length, who the subject is, the
+numbered sentence units with their times and ASR text, and the tag vocabularies. The model answers one
+JSON object.
+
+Who the subject is: ``OmniRequest.subject``, a sentence naming the person to describe (the
+conversation captions describe the clip's own track by its place and size in the frame, see
+``operators.captions.describe_subject``), or ``DEFAULT_SUBJECT`` ("the most prominent visible
+person") when it is None (shot clips).
 
 ``scene_prob``: the probability the model gives to the class name it wrote, i.e. the product of the
 probabilities of the tokens that spell the ``scene_class`` value, each conditioned on everything
@@ -63,6 +69,7 @@ FIXED_SPAN_S = 3.0           # span windows of a clip without sentence units (LP
 MAX_PIXELS = 448 * 448       # per frame after resizing (Qwen's video default is 768*28*28; smaller here)
 MIN_PIXELS = 56 * 56
 MAX_NEW_TOKENS = 1024
+DEFAULT_SUBJECT = "The subject is the most prominent visible person."
 
 SYSTEM_PROMPT = ("You are a careful video annotator. You watch a video clip, listen to its audio and "
                  "answer with one JSON object, exactly in the requested format.")
@@ -97,6 +104,7 @@ class OmniRequest:
     behaviour: bool = False                 # also ask for behaviour captions every behaviour_interval_s
     behaviour_interval_s: float = BEHAVIOUR_INTERVAL_S
     duration_s: float | None = None         # defaults to the longer of frames and audio
+    subject: str | None = None              # who to describe (one sentence); None: DEFAULT_SUBJECT
     extra: dict = field(default_factory=dict)  # free per-request data for the caller (clip id ...)
 
     def __post_init__(self):
@@ -153,6 +161,11 @@ def behaviour_windows(duration_s: float, interval_s: float = BEHAVIOUR_INTERVAL_
             for i in range(n)]
 
 
+def subject_sentence(req: OmniRequest) -> str:
+    """The sentence of the instruction naming the subject: ``req.subject``, or DEFAULT_SUBJECT."""
+    return (req.subject or "").strip() or DEFAULT_SUBJECT
+
+
 def build_instruction(req: OmniRequest, retry_note: str | None = None) -> str:
     """The text of the user turn: what the inputs are, what to answer, and the JSON format."""
     n = len(req.frames)
@@ -160,7 +173,7 @@ def build_instruction(req: OmniRequest, retry_note: str | None = None) -> str:
              else "the clip has no audio track")
     lines = [
         f"The video has {n} frames sampled at {req.fps:g} frames per second (frame k is at k/{req.fps:g} s), "
-        f"{audio}. The clip lasts {req.duration_s:.2f} s. The subject is the most prominent visible person.",
+        f"{audio}. The clip lasts {req.duration_s:.2f} s. {subject_sentence(req)}",
         "",
         "scene_class: exactly one of:",
         *[f"- {c}: {CLASS_HELP[c]}" for c in SCENE_CLASSES],

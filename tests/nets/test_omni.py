@@ -148,6 +148,12 @@ def test_prompt_states_rate_units_and_vocabulary(clip):
     assert 'unit 1: 2.10-3.80 s, speech: "Today we talk."' in text
     assert all(c in text for c in SCENE_CLASSES) and all(f"  {k}: " in text for k in TAG_KEYS)
     assert "behaviour_captions" not in text and "LISTENER" not in text
+    # who the subject is: the default sentence, or the request's own (person clips)
+    assert "The clip lasts 4.00 s. The subject is the most prominent visible person.\n" in text
+    who = "The subject is the person on the left of the frame; describe only the subject."
+    mine = build_instruction(_request(clip, subject=who))
+    assert f"The clip lasts 4.00 s. {who}\n" in mine and "most prominent" not in mine
+    assert build_instruction(_request(clip, subject="  ")) == text
     # no ASR units: fixed 3 s windows over the 4 s clip
     assert [(u["start_s"], u["end_s"]) for u in span_units(OmniRequest(req.frames, req.audio))] == [(0, 3), (3, 4)]
 

@@ -8,6 +8,9 @@
 - Local backend: a tiny random Qwen2.5-Omni thinker saved to a model directory (built as in
   tests/nets/test_omni.py), one row forced to emit a valid answer, one row left to its random output.
 - One Runner run of workflows/captions.yaml with the http backend over vr_face1 + pf_single_face.
+- Who the subject is: the people operator and person_clips on 1.0-2.2 s of dj_video4 (two women),
+  the sentence naming each person clip's track, as the endpoint receives it; shot clips keep
+  "the most prominent visible person".
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ import yaml
 
 from conftest import ROOT, frames_of
 from curation.operator import OperatorError
-from operators.captions import Captions, CaptionsConversation, clip_sentences, record_to_row
+from operators.captions import Captions, CaptionsConversation, clip_sentences, describe_subject, record_to_row
+from operators.nets import omni
 from schemas.taxonomy import TAG_KEYS
 
 REG_EXTRA = {"captions": Captions, "captions_conversation": CaptionsConversation}
@@ -236,6 +240,7 @@ def test_http_rows_in_flight_and_per_row_errors(server, media):
     assert sp["tags_dropped"] == ["emotion:bliss"] and sp["tags"]["motion"] == []
     assert sp["caption_backend"] == f"openai-http:Qwen/Qwen2.5-Omni-7B@{server.url}"
     assert (sp["silent_omni"], sp["silent_frames"], sp["silent"]) == (False, False, False)
+    assert sp["caption_subject"] == omni.DEFAULT_SUBJECT      # no track_id / tracks: the default sentence
     # what the server received for that clip: 6 frames (3 s at 2 fps), 3 s of audio, clip-relative units
     body = next(b for b in server.bodies if 'speech: "MODE:ok Hello."' in b["messages"][1]["content"][-1]["text"])
     parts = body["messages"][1]["content"]
@@ -262,6 +267,125 @@ def test_http_rows_in_flight_and_per_row_errors(server, media):
     assert errors["badcaption"].startswith("OmniOutputError: malformed Omni output twice: scene_class 'dancing'")
     assert server.hits["garbage"] == server.hits["drop"] == 2 and server.hits["badcaption"] == 2
     assert all("\n" not in e for e in errors.values())
+
+
+# ---- who the subject is: person clips name their own track --------------------------------------
+DJ4_SPAN = (1.0, 2.2)   # dj_video4: the woman in the green T-shirt in front, left of centre (her face
+#                         at x 0.3-0.5 of the frame), the woman in blue behind her on the right
+
+
+@pytest.fixture(scope="module")
+def dj4(models, media):
+    """The people operator on 1.0-2.2 s of dj_video4, and person_clips over a shot clip of that span,
+    called the way a worker calls them."""
+    from curation.media import probe
+    from operators.people import People
+    from operators.person_clips import PersonClips
+    path = media / "dj_video4.mp4"
+    video = {"video_id": "dj4", "uri": str(path), **probe(str(path))}
+    people = People(str(models), hands_fps=0.5, min_track_s=0.5)
+    people.setup()
+    a, b = DJ4_SPAN
+    tracks = people.process_row(video, {"video_id": "dj4", "shot_index": 0, "start_s": a, "end_s": b},
+                                frames_of(path, a, b, fps=People.frames.fps, max_side=People.frames.max_side))
+    shot = {"clip_id": "dj4:0:0", "video_id": "dj4", "clip_kind": "shot", "shot_index": 0, "clip_index": 0,
+            "start_s": a, "end_s": b, "duration_s": b - a, "width": video["width"], "height": video["height"],
+            "fps": video["fps"]}
+    person = PersonClips().process({**video, "tables": {"clips": [shot]}}, tracks)
+    return {**video, "tables": {"tracks": tracks}}, shot, person
+
+
+def _numbers(sentence: str) -> dict[str, list[float]]:
+    m = re.search(r"median box x ([\d.]+)-([\d.]+), y ([\d.]+)-([\d.]+) of the frame, "
+                  r"face x ([\d.]+)-([\d.]+), y ([\d.]+)-([\d.]+)\)", sentence)
+    v = [float(x) for x in m.groups()]     # x1, x2, y1, y2 as written -> x1, y1, x2, y2
+    return {"box": [v[0], v[2], v[1], v[3]], "face": [v[4], v[6], v[5], v[7]]}
+
+
+def test_dj_video4_person_clips_name_their_own_track(dj4):
+    video, _, person = dj4
+    assert len(person) == 2 and len({c["track_id"] for c in person}) == 2
+    op = CaptionsConversation(backend="http", endpoint="http://127.0.0.1:9/v1")
+    said = {c["track_id"]: op.subject(video, c) for c in person}
+    for track_id, text in said.items():
+        print(track_id, text)
+    left, right = sorted(said.values(), key=lambda t: _numbers(t)["face"][0])
+    # the woman in front: face left of centre; the woman behind her: on the right half
+    assert left.startswith("The subject is the person left of centre in the frame, the leftmost of 2 people (")
+    assert re.match(r"The subject is the person (right of centre in|on the right of) the frame, the rightmost of "
+                    r"2 people \(", right)
+    for text in (left, right):
+        assert text.endswith("in a medium shot; other people may be visible: describe only the subject.")
+        n = _numbers(text)
+        x1, y1, x2, y2 = n["box"]
+        fx1, fy1, fx2, fy2 = n["face"]
+        assert 0 <= x1 < fx1 < fx2 < x2 <= 1 and 0 <= y1 <= fy1 < fy2 < y2 <= 1   # face inside the person box
+        assert 0.1 <= fy2 - fy1 < 0.3          # seated, chest up: faces a sixth to a quarter of the frame high
+    assert 0.25 < sum(_numbers(left)["face"][::2]) / 2 < 0.45 < 0.6 < sum(_numbers(right)["face"][::2]) / 2
+
+
+def test_person_clip_instruction_names_the_track_shot_clip_keeps_the_default(dj4, server, media):
+    video, shot, person = dj4
+    a, b = DJ4_SPAN
+    frames = frames_of(media / "dj_video4.mp4", a, b, fps=2.0, max_side=160)
+    # shot clip: the old sentence
+    cap = Captions(backend="http", endpoint=server.url, max_side=160)
+    text = omni.build_instruction(cap.request(video, shot, frames, None))
+    assert "The subject is the most prominent visible person." in text and "describe only the subject" not in text
+    # person clips, through the endpoint: each request names its own track, the row stores the sentence
+    op = CaptionsConversation(backend="http", endpoint=server.url, max_side=160, retries=0)
+    op.setup()
+    rows = [{**c, "role": "speaker", "frame_states": ["speak"] * 30, "transcript_segments": []} for c in person]
+    out = op.process_rows([(video, r, frames) for r in rows])
+    sent = [b["messages"][1]["content"][-1]["text"] for b in server.bodies]
+    assert len(out) == len(sent) == 2
+    subjects = [o["caption_subject"] for o in out]
+    assert subjects == [op.subject(video, r) for r in rows] and len(set(subjects)) == 2
+    for s in subjects:
+        assert sum(s in t for t in sent) == 1 and "most prominent" not in s
+    assert not any("most prominent" in t for t in sent)
+    # a track without a box in the clip span: the default sentence
+    later = {**rows[0], "start_s": 5.0, "end_s": 6.0}
+    assert op.subject(video, later) is None
+    assert op.request(video, later, frames, None).subject is None
+
+
+def test_describe_subject_rules():
+    """describe_subject on boxes written out by hand (640 x 360 frame, one frame per 0.1 s)."""
+    def track(tid, box, face=None, t0=0.0, n=10):
+        return {"track_id": tid, "frame_times_s": [t0 + i / 10 for i in range(n)],
+                "person_boxes": [box] * n, "face_boxes": [face] * n if face else [[float("nan")] * 4] * n}
+    me = track("v:0:t0", [401, 20, 620, 360], [470, 40, 562, 170])      # face 0.36 of the height, x 0.81
+    alone = describe_subject(me, [], 640, 360, 0.0, 1.0)
+    assert alone == ("The subject is the only person in the shot, on the right of the frame (median box "
+                     "x 0.63-0.97, y 0.06-1.00 of the frame, face x 0.73-0.88, y 0.11-0.47), in a close-up.")
+    # three people: the subject's order from the left (face centres, box centre without a face)
+    others = [track("v:0:t1", [0, 100, 200, 360], [60, 120, 120, 170]),
+              track("v:0:t2", [160, 100, 330, 360], [220, 120, 270, 170])]
+    centre = describe_subject(track("v:0:t3", [300, 150, 400, 360]), others, 640, 360, 0.0, 1.0)   # no face
+    assert centre.startswith("The subject is the person in the centre of the frame, the rightmost of 3 people (")
+    assert "face x" not in centre and centre.endswith("in a medium shot; other people may be visible: describe only "
+                                                "the subject.")
+    second = describe_subject(others[1], [others[0], track("v:0:t3", [420, 150, 520, 360])], 640, 360, 0.0, 1.0)
+    assert ", the second from the left of 3 people (" in second
+    # someone right behind the subject (face centres 0.03 of the width apart): no left-to-right order;
+    # another track of the shot outside the span does not count, but it is still "other people"
+    behind = track("v:0:t4", [330, 60, 430, 300], [360, 70, 400, 110])
+    later = track("v:0:t5", [0, 0, 100, 100], t0=5.0)
+    text = describe_subject(track("v:0:t6", [250, 100, 450, 360], [330, 130, 390, 200]), [behind, later],
+                            640, 360, 0.0, 1.0)
+    assert text.startswith("The subject is the person in the centre of the frame (median box")
+    assert "people (" not in text and "in a medium shot" in text
+    small = describe_subject(track("v:0:t7", [300, 200, 330, 300], [308, 205, 322, 225]), [later],
+                             640, 360, 0.0, 1.0)
+    assert "in a wide shot" in small
+    # no box in the span, no frame size: None (the default sentence)
+    assert describe_subject(me, [], 640, 360, 2.0, 3.0) is None
+    assert describe_subject(me, [], None, None, 0.0, 1.0) is None
+    assert describe_subject(None, [], 640, 360, 0.0, 1.0) is None
+    # frames exactly at the end of the span are not in it; None boxes are skipped
+    edge = {**me, "person_boxes": [None] * 9 + [[0, 0, 10, 10]]}
+    assert describe_subject(edge, [], 640, 360, 0.0, 0.9) is None
 
 
 # ---- local backend (tiny random Omni thinker) -----------------------------------------------------
