@@ -9,10 +9,12 @@ video of the one before.
 
 Work travels as video ids. Workers read their inputs from the store themselves (the video's row,
 its rows of the stage's input table, the rows of other tables the operators read), run the
-operators, and stage large outputs (per-frame lists, blobs) as Arrow files under
+operators, and write large outputs themselves: emitted rows (per-frame lists of tracks, image
+blobs) as uncommitted Lance fragments of their table, large annotations as Arrow files under
 ``<store>/_staging/<run>``; only small results travel back inline. The driver commits what the
-workers return, rows first and then ``status``, so a run killed at any point keeps what was
-committed and the next run redoes, idempotently, only what was not: nothing is lost or duplicated.
+workers return (for fragments, their metadata only), rows first and then ``status``, so a run
+killed at any point keeps what was committed and the next run redoes, idempotently, only what was
+not: nothing is lost or duplicated.
 
 Executors: Ray (tasks for stateless stages, one actor pool per model stage sized by the step's
 ``workers``; placement by the declared resources) or in-process (``executor="local"``).
@@ -37,7 +39,7 @@ from curation.workflow import Step, Workflow
 from schemas import KEYS, SCHEMA_VERSION
 
 
-INLINE_BYTES = 256 * 1024   # results larger than this are staged as files by the worker
+INLINE_BYTES = 256 * 1024   # results larger than this are written to the store by the worker
 CRASHED = "worker crashed while processing this video"
 CALL_SECONDS = 1.0          # target seconds of work per worker call (see Runner._batch)
 
