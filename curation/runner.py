@@ -382,7 +382,7 @@ class Runner:
         self.executor = executor
         self.flush_every = flush_every      # commit at least every N results or T seconds
         self.flush_seconds = flush_seconds
-        self.min_flush_s = 1.0              # while workers idle: commit at most once a second
+        self.min_flush_s = 1.0              # commit at most once a second (unless all is idle)
         self.progress = progress or (lambda step, done, total: None)
         self.concurrency = (0.0, 0)   # (mean, max) worker calls in flight during the last stream
 
@@ -669,8 +669,11 @@ class Runner:
                 return
             idle = not inflight and not any(ready)
             since = time.perf_counter() - last_flush
-            if not (force or idle or n >= self.flush_every or since >= self.flush_seconds
-                    or (since >= self.min_flush_s and self._starving(stages, ready, inflight, buffer))):
+            # at most one commit a second while workers are busy (a commit costs the driver tens of
+            # milliseconds whatever its size), sooner when nothing else is left to wait for
+            if not (force or idle or since >= self.flush_seconds
+                    or (since >= self.min_flush_s and (n >= self.flush_every or self._starving(
+                        stages, ready, inflight, buffer)))):
                 return
             status = []
             for st in stages:

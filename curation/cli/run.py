@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
                                                 "step downstream of it for all inputs."),
         local: bool = typer.Option(False, "--local", help="Run in this process, without Ray."),
         flush_every: int = typer.Option(16, "--flush-every", min=1, help="Write results to the store "
-                                        "every N videos (and at least every 15 s)."),
+                                        "every N video results (at most once a second, at least "
+                                        "every 15 s)."),
         wait: bool = typer.Option(False, "--wait", help="If another run holds the store, wait for it "
                                   "to finish instead of exiting (exit 3)."),
     ):
