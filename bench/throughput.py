@@ -425,7 +425,9 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--media", required=True, help="directory of clips (*.mp4, *.mov)")
-    ap.add_argument("--workflow", default=str(ROOT / "workflows" / "demo.yaml"))
+    ap.add_argument("--workflow", default=None,
+                    help="workflow YAML (default: the steps of workflows/demo.yaml that load no "
+                         "model weights, as bench/scale.py; pass --models to bench the others)")
     ap.add_argument("--models", default=None, help="model directory (for operators that need one)")
     ap.add_argument("--out", default=None,
                     help="output path without suffix (writes .json and .md); default "
@@ -444,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from curation.workflow import load
 
+    if args.workflow is None:
+        from scale import weight_free_demo   # bench/scale.py
+        path = Path(tempfile.mkdtemp(prefix="bench-wf-")) / "demo_weight_free.yaml"
+        path.write_text(weight_free_demo())
+        args.workflow = str(path)
     media_dir = Path(args.media).resolve()
     files = media_files(media_dir)
     if args.files:
