@@ -2,6 +2,10 @@
 
 Everything that touches a media file goes through here, so operators never call ffmpeg or decord
 themselves and a run decodes each video once for all of its frame operators.
+
+Frames of a span come whole (:meth:`VideoDecoder.span`) or as consecutive chunks of at most a given
+number of seconds (:meth:`VideoDecoder.chunks`, for long shots: memory bounded by the chunk, not the
+shot); both give every part of a :class:`FrameSpec` the same frames on the same sampling grid.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -319,6 +324,9 @@ class Frames:
         if (fps, max_side) in self.views:
             return self.views[(fps, max_side)]
         keep = _thin(self.times, fps, self.fps)
+        if len(keep) == len(self.times) and (max_side is None or not self.images.size
+                                             or max(self.images.shape[1:3]) <= max_side):
+            return self   # the same frames: no copy (steps share frames; none may write to them)
         images = self.images[keep]
         scale = self.scale
         if max_side is not None and images.size and max(images.shape[1:3]) > max_side:
@@ -326,6 +334,11 @@ class Frames:
             scale = self.scale * images.shape[2] / self.images.shape[2]
         return Frames(images=images, times=self.times[keep], fps=self.fps,
                       indices=None if self.indices is None else self.indices[keep], scale=scale)
+
+    def nbytes(self) -> int:
+        """Bytes of decoded pictures this holds: its images and its views' (each array once)."""
+        arrays = {id(a): a for a in [self.images, *(v.images for v in self.views.values())]}
+        return sum(a.nbytes for a in arrays.values())
 
     def gray(self) -> np.ndarray:
         """(N, H, W) BT.601 luma, in one OpenCV call over the stacked frames."""
@@ -366,10 +379,15 @@ def crop_boxes(images: np.ndarray, boxes: np.ndarray, size: int | tuple[int, int
 
 def resize_batch(images: np.ndarray, max_side: int) -> np.ndarray:
     import cv2
-    h, w = images.shape[1:3]
-    scale = max_side / max(h, w)
-    size = (max(2, int(round(w * scale))), max(2, int(round(h * scale))))
+    size = _resized_size(*images.shape[1:3], max_side)
     return np.stack([cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images])
+
+
+class ChunksRestart(Exception):
+    """A chunked decode must start again from the span's first frame: the path it took failed
+    after chunks were handed out (decord failed on a later window: the video switched to ffmpeg; or
+    PyAV's frames stopped matching decord's index: pass ``views=False`` again). The chunks handed
+    out so far are void; :meth:`VideoDecoder.span` would have used the other path for the span."""
 
 
 class _NotMatched(Exception):
@@ -435,6 +453,20 @@ class VideoDecoder:
     def __len__(self) -> int:
         return len(self.times)
 
+    def positions(self, start_s: float, end_s: float) -> np.ndarray:
+        """Frame numbers of the frames with start_s <= time < end_s."""
+        return np.nonzero((self.times >= start_s - 1e-6) & (self.times < end_s - 1e-6))[0]
+
+    def nbytes(self, idx: np.ndarray, spec: "FrameSpec") -> int:
+        """About the bytes of decoded frames :meth:`span` holds for the frames ``idx`` at ``spec``
+        (each part's kept frames at its size), to plan how many rows to decode at once."""
+        times = self.times[idx]
+        total = 0
+        for part in spec.parts or (spec,):
+            w, h = self._fit(part.max_side)
+            total += len(_thin(times, part.fps, self.fps)) * w * h * 3
+        return total
+
     def span(self, start_s: float, end_s: float, fps: "float | None | FrameSpec" = None) -> Frames:
         """The frames with start_s <= time < end_s, every frame or sampled at ``fps``.
 
@@ -445,7 +477,7 @@ class VideoDecoder:
         parts = fps.parts if isinstance(fps, FrameSpec) else ()
         if isinstance(fps, FrameSpec):
             fps = fps.fps
-        idx = np.nonzero((self.times >= start_s - 1e-6) & (self.times < end_s - 1e-6))[0]
+        idx = self.positions(start_s, end_s)
         if len(idx) == 0:
             return Frames(np.zeros((0, self.height, self.width, 3), np.uint8), np.zeros(0), self.fps,
                           idx, scale=self.scale)
@@ -458,6 +490,22 @@ class VideoDecoder:
         if parts:  # rotated, or timestamps PyAV and decord disagree on: views from one decode
             frames.views = {(p.fps, p.max_side): frames.sample(p.fps, p.max_side) for p in parts}
         return frames
+
+    def chunks(self, start_s: float, end_s: float, fps: "float | None | FrameSpec" = None,
+               chunk_s: float = 10.0, views: bool = True) -> "SpanChunks":
+        """The frames :meth:`span` gives, as consecutive chunks of at most ``chunk_s`` seconds of the
+        span (memory: one chunk, not the span). Every part's frames are on the grid of the whole span
+        (its kept frames are chosen over the whole span, relative to its first frame, then cut into
+        chunks), so the chunks of a part put together equal ``span(...).sample(part)``, on the
+        single-pass PyAV path and on the decord / ffmpeg path alike. Each chunk's ``views`` hold
+        every part's frames (a plain ``fps`` is the one part ``(fps, max_side)``); take them with
+        ``chunk.sample(part.fps, part.max_side)``. ``SpanChunks.times`` gives each part's frame
+        times of the whole span before anything is decoded beyond the first chunk. Iterating may raise
+        :class:`ChunksRestart`: then take ``chunks(..., views=False)`` and start over."""
+        parts = fps.parts if isinstance(fps, FrameSpec) else ()
+        if isinstance(fps, FrameSpec):
+            fps = fps.fps
+        return SpanChunks(self, self.positions(start_s, end_s), fps, parts, chunk_s, views)
 
     def _span(self, idx: np.ndarray, fps: float | None) -> Frames:
         if self.backend == "decord":
@@ -479,23 +527,59 @@ class VideoDecoder:
                       scale=self.scale)
 
     def _views(self, idx: np.ndarray, parts: tuple[FrameSpec, ...]) -> Frames:
-        """One PyAV decode of the frames ``idx``; each part's frames converted (sws, bicubic like decord)
-        straight to its own size. Frames are matched to decord's index by timestamp."""
+        """One PyAV decode of the frames ``idx`` into each part's view (the whole span as one chunk
+        of :meth:`_view_chunks`)."""
+        chunks = self._view_chunks(idx, parts, [(0, len(idx))])
+        try:
+            return next(chunks)
+        finally:
+            chunks.close()
+
+    def _view_chunks(self, idx: np.ndarray, parts: tuple[FrameSpec, ...],
+                     windows: list[tuple[int, int]]) -> Iterator[Frames]:
+        """One PyAV decode of the frames ``idx``; each part's frames converted (sws, bicubic like
+        decord) straight to its own size. Frames are matched to decord's index by timestamp. Yields
+        one Frames (with ``views``) per window ``(a, b)`` of positions into ``idx``; each part keeps
+        the frames :func:`_thin` picks over the whole of ``idx``. Raises _NotMatched (possibly after
+        some chunks) when a frame cannot be matched."""
         import av
         from av.video.reformatter import VideoReformatter
 
         times = self.times[idx]
-        plans = []   # per part: key, kept positions, size, output array, reformatter
-        wanted: dict[int, list[tuple[int, int]]] = {}  # position -> [(plan, slot)]
+        plans = []   # per part: key, kept positions, size, reformatter
+        wanted: dict[int, list[tuple[int, int]]] = {}  # position -> [(plan, slot in its keep)]
         for k, part in enumerate(parts):
             keep = _thin(times, part.fps, self.fps)
-            w, h = self._fit(part.max_side)
-            plans.append(((part.fps, part.max_side), keep, (w, h),
-                          np.empty((len(keep), h, w, 3), np.uint8), VideoReformatter()))
+            plans.append(((part.fps, part.max_side), keep, self._fit(part.max_side), VideoReformatter()))
             for slot, pos in enumerate(keep):
                 wanted.setdefault(int(pos), []).append((k, slot))
         done = np.zeros(len(times), bool)
         tol = 1e-3
+
+        def start(w: int):   # the output arrays of window w, and where each part's slots start
+            a, b = windows[w]
+            firsts, outs = [], []
+            for _, keep, (fw, fh), _ in plans:
+                lo, hi = np.searchsorted(keep, [a, b])
+                firsts.append(int(lo))
+                outs.append(np.empty((hi - lo, fh, fw, 3), np.uint8))
+            return firsts, outs
+
+        def finish(w: int, firsts, outs) -> Frames:
+            a, b = windows[w]
+            if not done[[p for p in range(a, b) if p in wanted]].all():
+                raise _NotMatched
+            views = {}
+            for (key, keep, (fw, _), _), lo, images in zip(plans, firsts, outs):
+                kept = keep[lo:lo + len(images)]
+                views[key] = Frames(images=images, times=times[kept], fps=self.fps, indices=idx[kept],
+                                    scale=fw / self.display_size[0] if self.display_size[0] else 1.0)
+            densest = max(views.values(), key=len)
+            return Frames(images=densest.images, times=densest.times, fps=self.fps,
+                          indices=densest.indices, scale=densest.scale, views=views)
+
+        w = 0
+        firsts, outs = start(0)
         try:
             with av.open(self.path) as container:
                 stream = container.streams.video[0]
@@ -516,38 +600,225 @@ class VideoDecoder:
                     pos = int(np.searchsorted(times, t - tol))
                     if pos >= len(times) or abs(times[pos] - t) > tol:
                         continue
+                    while pos >= windows[w][1]:   # past the window: it is complete
+                        yield finish(w, firsts, outs)
+                        w += 1
+                        firsts, outs = start(w)
+                    if pos < windows[w][0]:      # a repeated timestamp of a window already given
+                        continue
                     done[pos] = True
                     for k, slot in wanted.get(pos, ()):
-                        (w, h), out, ref = plans[k][2], plans[k][3], plans[k][4]
-                        out[slot] = ref.reformat(frame, width=w, height=h, format="rgb24",
-                                                 interpolation="BICUBIC").to_ndarray()
+                        (fw, fh), ref = plans[k][2], plans[k][3]
+                        outs[k][slot - firsts[k]] = ref.reformat(frame, width=fw, height=fh, format="rgb24",
+                                                                 interpolation="BICUBIC").to_ndarray()
         except (av.FFmpegError, OSError):
             raise _NotMatched from None
-        if not done[[p for p in wanted]].all():
-            raise _NotMatched
-        views = {}
-        for key, keep, (w, _), images, _ in plans:
-            views[key] = Frames(images=images, times=times[keep], fps=self.fps, indices=idx[keep],
-                                scale=w / self.display_size[0] if self.display_size[0] else 1.0)
-        densest = max(views.values(), key=len)
-        return Frames(images=densest.images, times=densest.times, fps=self.fps,
-                      indices=densest.indices, scale=densest.scale, views=views)
+        while True:   # the decode ended: the last windows
+            yield finish(w, firsts, outs)
+            w += 1
+            if w == len(windows):
+                return
+            firsts, outs = start(w)
+
+    def _plain_chunks(self, idx: np.ndarray, fps: float | None, parts: tuple[FrameSpec, ...],
+                      windows: list[tuple[int, int]]) -> Iterator[Frames]:
+        """:meth:`_span` (and :meth:`span`'s views of its frames for ``parts``) window by window:
+        decord reads each window's kept frames; on a stream decord fails on, one ffmpeg pipe from
+        the window it failed on to the end of the span. The kept frames are chosen over the whole
+        span, the parts' frames over those (as :meth:`Frames.sample` chooses them)."""
+        times = self.times[idx]
+        keep = _thin(times, fps, self.fps)                               # positions into idx
+        part_keeps = [_thin(times[keep], p.fps, self.fps) for p in parts]  # positions into keep
+        pipe = None
+        try:
+            for a, b in windows:
+                lo, hi = (int(x) for x in np.searchsorted(keep, [a, b]))
+                sel = keep[lo:hi]
+                images, short = None, False
+                if self.backend == "decord" and not len(sel):   # none kept in this window
+                    images = np.zeros((0, self.height, self.width, 3), np.uint8)
+                elif self.backend == "decord":
+                    try:
+                        images = self.reader.get_batch(idx[sel]).asnumpy()
+                        if self._halve:
+                            images = _halve(images)
+                    except self._decord.DECORDError:   # see _span
+                        self.backend = "ffmpeg"
+                        if a > 0:   # windows came from decord: start again, all from ffmpeg
+                            raise ChunksRestart(f"decord failed at {times[a]:.2f}s") from None
+                if images is None:
+                    if pipe is None:
+                        pipe = _FfmpegPipe(self, self.times[idx[a]], self.times[idx[-1]], len(idx) - a)
+                    every = pipe.read(b - a)   # fewer at the end of a truncated stream
+                    short = len(every) < b - a
+                    sel = sel[sel < a + len(every)]
+                    hi = lo + len(sel)
+                    images = every[sel - a]
+                    if short and not len(every):
+                        return
+                frames = Frames(images=images, times=times[sel], fps=self.fps, indices=idx[sel],
+                                scale=self.scale)
+                frames.views = {(fps, self.max_side): frames} if not parts else {
+                    (p.fps, p.max_side): self._part_of(frames, pk[(pk >= lo) & (pk < hi)] - lo, p.max_side)
+                    for p, pk in zip(parts, part_keeps)}
+                yield frames
+                if short:
+                    return
+            if pipe is not None:
+                pipe.end()   # ffmpeg's exit status, as _ffmpeg_span checks it
+        finally:
+            if pipe is not None:
+                pipe.close()
+
+    def _part_of(self, frames: Frames, local: np.ndarray, max_side: int | None) -> Frames:
+        """The frames ``local`` of a decoded chunk at ``max_side``, as :meth:`Frames.sample` makes
+        them from the whole span (also when the chunk holds none of them)."""
+        images, scale = frames.images[local], frames.scale
+        h, w = frames.images.shape[1:3]
+        if max_side is not None and max(h, w) > max_side:
+            if len(local):
+                images = resize_batch(images, max_side)
+            else:
+                nw, nh = _resized_size(h, w, max_side)
+                images = np.zeros((0, nh, nw, 3), np.uint8)
+            scale = frames.scale * images.shape[2] / w
+        return Frames(images=images, times=frames.times[local], fps=frames.fps,
+                      indices=frames.indices[local], scale=scale)
+
+    def _ffmpeg_cmd(self, first_t: float, expected: int) -> list[str]:
+        return ["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-ss", f"{max(0.0, first_t - 0.001):.4f}",
+                "-i", self.path, "-map", "0:v:0", "-frames:v", str(expected), "-vf",
+                f"scale={self.width}:{self.height}:flags=area", "-fps_mode", "passthrough", "-f", "rawvideo",
+                "-pix_fmt", "rgb24", "-"]
 
     def _ffmpeg_span(self, first_t: float, last_t: float, expected: int) -> np.ndarray:
         """Every frame from ``first_t`` to ``last_t`` through an ffmpeg rawvideo pipe (which also
         applies the display rotation), resized to the decoder's size."""
         w, h = self.width, self.height
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-ss", f"{max(0.0, first_t - 0.001):.4f}",
-               "-i", self.path, "-map", "0:v:0", "-frames:v", str(expected), "-vf",
-               f"scale={w}:{h}:flags=area", "-fps_mode", "passthrough", "-f", "rawvideo",
-               "-pix_fmt", "rgb24", "-"]
-        r = subprocess.run(cmd, capture_output=True)
+        r = subprocess.run(self._ffmpeg_cmd(first_t, expected), capture_output=True)
         n = len(r.stdout) // (w * h * 3)
         if r.returncode != 0 or n == 0:
             msg = r.stderr.decode(errors="replace").strip().splitlines()
             raise MediaError(f"decode failed between {first_t:.2f}s and {last_t:.2f}s: "
                              f"{msg[-1] if msg else 'no frames'}")
         return np.frombuffer(r.stdout[: n * w * h * 3], np.uint8).reshape(n, h, w, 3)
+
+
+class SpanChunks:
+    """The frames of one span as consecutive chunks (:meth:`VideoDecoder.chunks`).
+
+    ``windows``: the chunks' (a, b) position ranges into the span's frames (time from the span's
+    first frame cut every ``chunk_s`` seconds). ``times``: per part key (fps, max_side), the times of
+    all the frames that part gets over the span, in order; known once the first chunk is decoded
+    (on construction: that is when the single-pass PyAV path is tried, and on a mismatch the
+    decord / ffmpeg path taken instead, which has a grid of its own). A truncated stream on the
+    ffmpeg path may end before all of them (as :meth:`VideoDecoder.span` ends early there too).
+    A path failing after chunks were handed out raises :class:`ChunksRestart` (``views=False``
+    skips the PyAV path)."""
+
+    def __init__(self, decoder: VideoDecoder, idx: np.ndarray, fps: float | None,
+                 parts: tuple[FrameSpec, ...], chunk_s: float, views: bool = True):
+        if not chunk_s > 0:
+            raise ValueError(f"chunk_s must be > 0, got {chunk_s!r}")
+        self.decoder = decoder
+        self.windows = _windows(decoder.times[idx], chunk_s)
+        self._first: Frames | None = None
+        span_t = decoder.times[idx]
+        gen = None
+        if views and len(idx) and parts and not decoder.rotation:
+            gen = decoder._view_chunks(idx, parts, self.windows)
+            try:
+                self._first = next(gen)
+            except _NotMatched:
+                gen.close()
+                gen = None
+            else:
+                self.times = {(p.fps, p.max_side): span_t[_thin(span_t, p.fps, decoder.fps)]
+                              for p in parts}
+        if gen is None:
+            kept = span_t[_thin(span_t, fps, decoder.fps)]
+            self.times = {(p.fps, p.max_side): kept[_thin(kept, p.fps, decoder.fps)] for p in parts} \
+                if parts else {(fps, decoder.max_side): kept}
+            gen = decoder._plain_chunks(idx, fps, parts, self.windows) if len(idx) else iter(())
+        self._gen = gen
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __iter__(self) -> Iterator[Frames]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        try:
+            yield from self._gen
+        except _NotMatched:
+            raise ChunksRestart("PyAV's frames stopped matching decord's index") from None
+
+    def close(self) -> None:
+        self._first = None
+        if hasattr(self._gen, "close"):
+            self._gen.close()
+
+
+class _FfmpegPipe:
+    """The frames of :meth:`VideoDecoder._ffmpeg_span` (same ffmpeg command) read a window at a
+    time from the pipe instead of all at once."""
+
+    def __init__(self, decoder: VideoDecoder, first_t: float, last_t: float, expected: int):
+        self.shape = (decoder.height, decoder.width, 3)
+        self.frame_bytes = decoder.height * decoder.width * 3
+        self.first_t, self.last_t = first_t, last_t
+        self.total = 0
+        self.err = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(decoder._ffmpeg_cmd(first_t, expected), stdout=subprocess.PIPE,
+                                     stderr=self.err)
+
+    def read(self, n: int) -> np.ndarray:
+        """Up to ``n`` frames (fewer only at the end of the stream, which is then checked)."""
+        buf = bytearray(n * self.frame_bytes)
+        view, got = memoryview(buf), 0
+        while got < len(buf):
+            k = self.proc.stdout.readinto(view[got:])
+            if not k:
+                break
+            got += k
+        m = got // self.frame_bytes
+        self.total += m
+        if m < n:
+            self.end()
+        return np.frombuffer(buf, np.uint8, count=m * self.frame_bytes).reshape((m, *self.shape))
+
+    def end(self) -> None:
+        """After the last frame: ffmpeg's exit status (MediaError as _ffmpeg_span raises it)."""
+        self.proc.stdout.read()
+        if self.proc.wait() != 0 or self.total == 0:
+            self.err.seek(0)
+            msg = self.err.read().decode(errors="replace").strip().splitlines()
+            raise MediaError(f"decode failed between {self.first_t:.2f}s and {self.last_t:.2f}s: "
+                             f"{msg[-1] if msg else 'no frames'}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+        self.err.close()
+
+
+def _windows(times: np.ndarray, chunk_s: float) -> list[tuple[int, int]]:
+    """(a, b) position ranges of ``times`` (sorted): the frames of each ``chunk_s`` seconds counted
+    from the first frame (empty ranges left out)."""
+    if len(times) == 0:
+        return []
+    w = np.floor((times - times[0]) / chunk_s + 1e-9).astype(np.int64)
+    edges = [0, *(np.flatnonzero(np.diff(w)) + 1).tolist(), len(times)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _resized_size(h: int, w: int, max_side: int) -> tuple[int, int]:
+    """(width, height) :func:`resize_batch` gives an h x w image at ``max_side``."""
+    scale = max_side / max(h, w)
+    return max(2, int(round(w * scale))), max(2, int(round(h * scale)))
 
 
 def _halve(images: np.ndarray) -> np.ndarray:
