@@ -36,6 +36,32 @@ Added for model-backed and person-centric steps:
 - ``batch_size``: videos per worker call (a step may override it, with ``workers`` for its own pool
   size); :meth:`process_rows` may run a network over the frames of several rows/videos at once.
 - ``artifact_dir(video_id)``: where an operator may write files (audio stems) under the store.
+
+Frame memory (a worker's batch, long shots):
+
+- A frame stage decodes rows in groups of at most ``budget_bytes`` decoded bytes
+  (:data:`FRAME_BUDGET_BYTES`, 1 GiB; ``run_stage(..., budget_bytes=)``): rows are decoded until
+  the next one would take the group over the budget, then every step's ``process_rows`` runs on the
+  group (so a network still batches across the group's rows and videos), the frames are freed and
+  the next group is decoded. A batch that fits is one group, as before; a single row larger than
+  the budget is a group of its own. Results, per-row errors, seconds and output order do not depend
+  on the grouping (seconds: each call's time shared by its rows, as in one call over the batch).
+- Long spans stream. A frame operator may implement :meth:`Operator.stream` (``stream(video, row,
+  times)`` returning a sink with ``add(frames)`` and ``finish()``; :class:`FrameSink`). A row whose
+  frames span :data:`CHUNK_S` seconds (10 s; ``run_stage(..., chunk_s=)``) or more is then decoded
+  once, in consecutive chunks of at most that many seconds (:meth:`VideoDecoder.chunks`), and every
+  streaming step of the fused group gets each chunk's frames at its own FrameSpec in lockstep;
+  ``finish()`` returns what ``process_row`` would for the whole span. Each step's frames are on the
+  grid of the whole span (the same frames ``process_row`` would get); ``times`` lists them before
+  decoding. Steps without ``stream`` (or whose ``stream`` returns None) get the whole span, put
+  together from the same chunks, through ``process_rows``; shorter rows go to every step whole.
+  Memory of a streamed row: one chunk plus what the sinks keep (people: the tracker's lag of about
+  ``max_gap_s + min_track_s`` seconds of frames; references: a few candidate frames). If the decode
+  has to start again on another path (:class:`curation.media.ChunksRestart`), the sinks are made
+  anew and the row is streamed again from its start. People (shots -> tracks) and references
+  (tracks) stream; other frame operators run on clips (at most 10 s) and take the whole span.
+- Steps share decoded frames (a view at a spec two steps have in common, or the frames themselves
+  when nothing is to be thinned or resized): operators must not write into ``frames.images``.
 """
 from __future__ import annotations
 
@@ -43,11 +69,15 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import pyarrow as pa
 
-from curation.media import FrameSpec, Frames, MediaError, VideoDecoder, local_path
+from curation.media import ChunksRestart, FrameSpec, Frames, MediaError, VideoDecoder, local_path
+
+FRAME_BUDGET_BYTES = 1 << 30   # decoded bytes of rows a frame stage holds before its steps run on them
+CHUNK_S = 10.0                 # seconds of frames per chunk for the steps that stream long rows
 
 
 @dataclass(frozen=True)
@@ -176,6 +206,16 @@ class Operator:
         operators return one dict; emitting operators a list of new rows)."""
         raise NotImplementedError
 
+    def stream(self, video: dict, row: dict, times: np.ndarray) -> "FrameSink | None":
+        """Frame operators that can take a long row's span chunk by chunk: return a sink for this
+        row (None: take the whole span, as without this method). ``times``: the times of all the
+        frames the sink will get, in order, at ``self.frames`` (the whole span's sampling grid,
+        known before they are decoded; a truncated stream may end early). The worker then calls
+        ``sink.add(frames)`` with consecutive, non-empty chunks of those frames and ``sink.finish()``,
+        which returns what :meth:`process_row` returns for the whole span. An exception from
+        ``stream``, ``add`` or ``finish`` is that row's error."""
+        return None
+
     def process_rows(self, items: list[tuple[dict, dict, Frames]]) -> list:
         """Frame operators, several rows (of one or more videos) at once: override to batch a
         network over them. Returns, per item, what process_row returns or the Exception raised."""
@@ -191,6 +231,14 @@ class Operator:
         blob = json.dumps({"op": self.name, "version": self.version, "params": self.p},
                           sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+class FrameSink(Protocol):
+    """What :meth:`Operator.stream` returns: takes one row's frames in chunks."""
+
+    def add(self, frames: Frames) -> None: ...
+
+    def finish(self) -> dict | list[dict]: ...
 
 
 @dataclass
@@ -245,16 +293,21 @@ def run_steps_on_video(steps: list[tuple[str, Operator]], video: dict, rows: lis
 
 
 def run_stage(steps: list[tuple[str, Operator]], work: list[tuple[dict, list[dict]]],
-              keys: tuple[str, ...]) -> list[list[StepResult]]:
+              keys: tuple[str, ...], budget_bytes: int | None = None,
+              chunk_s: float | None = None) -> list[list[StepResult]]:
     """Run one step or a fused group of frame steps over a batch of videos; ``work`` holds each
     video's row and its rows of the steps' input table, ``keys`` that table's key columns.
+    ``budget_bytes`` / ``chunk_s``: frame steps' memory budget and chunk length (default
+    :data:`FRAME_BUDGET_BYTES`, :data:`CHUNK_S`; see the module docstring).
 
     Returns, per video, one StepResult per step. Errors never escape: a failure of a whole video is
     ``StepResult.error``; a failure on one row (frame operators) is that row's ``error``.
     """
     if len(steps) == 1 and steps[0][1].frames is None:
         return [[_run_plain(steps[0], video, rows, keys)] for video, rows in work]
-    return _run_frame_group(steps, work, keys)
+    return _run_frame_group(steps, work, keys,
+                            FRAME_BUDGET_BYTES if budget_bytes is None else int(budget_bytes),
+                            CHUNK_S if chunk_s is None else float(chunk_s))
 
 
 def _run_plain(step_op, video, rows, keys) -> StepResult:
@@ -277,58 +330,223 @@ def _run_plain(step_op, video, rows, keys) -> StepResult:
         return StepResult(step, video["video_id"], error=one_line(e), seconds=time.perf_counter() - t0)
 
 
-def _decode_rows(video: dict, rows: list[dict], spec: FrameSpec):
-    """Decode each row's span once at ``spec``: yields (row, frames or None, error or None)."""
-    with local_path(video["uri"]) as path:
-        decoder = VideoDecoder(path, rotation=video.get("rotation") or 0, max_side=spec.max_side,
-                               display_size=(video.get("width"), video.get("height")))
-        for row in rows:
-            start = row.get("start_s", 0.0) or 0.0
-            end = row.get("end_s") or video.get("duration_s") or 1e9
-            try:
-                frames = decoder.span(start, end, spec)
-                err = None if len(frames) else f"no frames decoded between {start:.2f}s and {end:.2f}s"
-            except MediaError as e:
-                frames, err = None, one_line(e)
-            yield row, frames, err
+def _streams(op: Operator) -> bool:
+    """True when the operator overrides :meth:`Operator.stream`."""
+    return type(op).stream is not Operator.stream
 
 
-def _run_frame_group(steps, work, keys) -> list[list[StepResult]]:
-    """Decode each row's span once for all the steps, hand each step its own view of the frames;
-    a step's process_rows sees the rows of every video of the batch at once."""
+def _run_frame_group(steps, work, keys, budget: int, chunk_s: float) -> list[list[StepResult]]:
+    """Decode each row's span once for all the steps and hand each step its own view of the frames,
+    in groups of rows of at most ``budget`` decoded bytes: a step's process_rows sees the rows of
+    every video of a group at once (all the batch when it fits). Rows longer than ``chunk_s`` go
+    to the steps that stream chunk by chunk (see the module docstring)."""
     spec = FrameSpec.union([op.frames for _, op in steps])
-    per_video: list[dict] = []       # per video: decoded rows or the error that stopped it
-    t0 = time.perf_counter()
-    for video, rows in work:
+    n = len(steps)
+    videos = [{"error": None, "decode_s": 0.0, "step_s": [0.0] * n} for _ in work]
+    got: list[dict] = [{} for _ in steps]   # per step: (video, row) -> output or Exception
+    errs: dict = {}                          # (video, row) -> the row's decode error
+    group: list[tuple] = []                  # decoded rows not yet run: (vi, ri, video, row, frames, done)
+    held = 0
+
+    def run_group():
+        nonlocal held
+        for si, (step, op) in enumerate(steps):
+            todo = [g for g in group if si not in g[5] and not videos[g[0]]["error"]]
+            items = [(video, row, frames.sample(op.frames.fps, op.frames.max_side))
+                     for _, _, video, row, frames, _ in todo]
+            t = time.perf_counter()
+            outs = op.process_rows(items) if items else []
+            step_s = time.perf_counter() - t
+            del items
+            for g, out in zip(todo, outs):
+                got[si][(g[0], g[1])] = out
+            mine: dict[int, int] = {}
+            for g in todo:
+                mine[g[0]] = mine.get(g[0], 0) + 1
+            for vi, k in mine.items():
+                videos[vi]["step_s"][si] += step_s * k / len(todo)
+        group.clear()
+        held = 0
+
+    for kind, value in _decoded(steps, work, spec, chunk_s, videos, got, errs):
+        if kind == "plan":       # about to decode this many bytes: run what is held first if needed
+            if group and held + value > budget:
+                run_group()
+        else:
+            group.append(value)
+            held += value[4].nbytes()
+            if held >= budget:
+                run_group()
+    run_group()
+    return _results(steps, work, keys, videos, got, errs)
+
+
+def _decoded(steps, work, spec: FrameSpec, chunk_s: float, videos: list[dict], got: list[dict],
+             errs: dict):
+    """Per video, per row: ``("plan", bytes)`` before a row is decoded whole, then ``("row", (vi,
+    ri, video, row, frames, done))``; a row longer than ``chunk_s`` that a step streams is streamed
+    here (:func:`_stream_row`) and comes as a row only for the steps that take the whole span.
+    Decode errors of a row go to ``errs``; a video that cannot be decoded at all gets its error in
+    ``videos``."""
+    streaming = any(_streams(op) for _, op in steps)
+    for vi, (video, rows) in enumerate(work):
+        pv = videos[vi]
         t = time.perf_counter()
         try:
-            decoded = list(_decode_rows(video, rows, spec))
-            per_video.append({"decoded": decoded, "error": None, "decode_s": time.perf_counter() - t})
-        except Exception as e:  # noqa: BLE001 - the video could not be opened for decoding
-            per_video.append({"decoded": [], "error": one_line(e), "decode_s": time.perf_counter() - t})
-    results: list[list[StepResult]] = [[] for _ in work]
-    for step, op in steps:
-        items, where = [], []
-        for vi, ((video, _), pv) in enumerate(zip(work, per_video)):
-            for ri, (row, frames, err) in enumerate(pv["decoded"]):
-                if err is None:
-                    items.append((video, row, frames.sample(op.frames.fps, op.frames.max_side)))
-                    where.append((vi, ri))
+            with local_path(video["uri"]) as path:
+                decoder = VideoDecoder(path, rotation=video.get("rotation") or 0, max_side=spec.max_side,
+                                       display_size=(video.get("width"), video.get("height")))
+                pv["decode_s"] += time.perf_counter() - t
+                for ri, row in enumerate(rows):
+                    start = row.get("start_s", 0.0) or 0.0
+                    end = row.get("end_s") or video.get("duration_s") or 1e9
+                    idx = decoder.positions(start, end)
+                    if streaming and len(idx) and \
+                            decoder.times[idx[-1]] - decoder.times[idx[0]] >= chunk_s - 1e-9:
+                        yield "plan", sum(decoder.nbytes(idx, op.frames) for _, op in steps
+                                          if not _streams(op))
+                        frames, done = _stream_row(steps, video, row, vi, ri, decoder, (start, end),
+                                                   spec, chunk_s, pv, got, errs)
+                        if frames is not None:
+                            yield "row", (vi, ri, video, row, frames, done)
+                        continue
+                    yield "plan", decoder.nbytes(idx, spec)
+                    t = time.perf_counter()
+                    try:
+                        frames = decoder.span(start, end, spec)
+                        if not len(frames):
+                            errs[(vi, ri)] = f"no frames decoded between {start:.2f}s and {end:.2f}s"
+                    except MediaError as e:
+                        frames, errs[(vi, ri)] = None, one_line(e)
+                    pv["decode_s"] += time.perf_counter() - t
+                    if (vi, ri) not in errs:
+                        yield "row", (vi, ri, video, row, frames, frozenset())
+                    del frames
+        except Exception as e:  # noqa: BLE001 - the video could not be opened or decoded
+            pv["error"] = one_line(e)
+
+
+def _stream_row(steps, video, row, vi, ri, decoder, span, spec, chunk_s, pv, got, errs):
+    """One decode of a long row in chunks, fed in lockstep to every step that streams (their
+    outputs go to ``got``); the steps that do not get the whole span, put together from the same
+    chunks: returns (those frames or None, the steps that streamed)."""
+    views = True
+    for _attempt in range(3):
         t = time.perf_counter()
-        outs = op.process_rows(items) if items else []
-        step_s = time.perf_counter() - t
-        got = dict(zip(where, outs))
-        n_items = max(1, len(items))
-        for vi, ((video, rows), pv) in enumerate(zip(work, per_video)):
+        try:
+            chunks = decoder.chunks(*span, spec, chunk_s=chunk_s, views=views)
+        except MediaError as e:
+            errs[(vi, ri)] = one_line(e)
+            return None, frozenset()
+        pv["decode_s"] += time.perf_counter() - t
+        sinks: dict[int, Any] = {}
+        whole: dict[tuple, Any] = {}        # view key -> frames put together for whole-span steps
+        for si, (_, op) in enumerate(steps):
+            key = (op.frames.fps, op.frames.max_side)
+            if _streams(op):
+                t = time.perf_counter()
+                try:
+                    sink = op.stream(video, row, chunks.times[key])
+                except Exception as e:  # noqa: BLE001 - that row's error
+                    sink = e
+                pv["step_s"][si] += time.perf_counter() - t
+                if sink is not None:
+                    sinks[si] = sink
+                    continue
+            whole.setdefault(key, None)
+        try:
+            for chunk in _timed(chunks, pv):
+                if not whole and all(isinstance(s, BaseException) for s in sinks.values()):
+                    break   # every streaming step failed on this row: nothing left to decode for
+                for si, sink in sinks.items():
+                    op = steps[si][1]
+                    view = chunk.sample(op.frames.fps, op.frames.max_side)
+                    if isinstance(sink, BaseException) or not len(view):
+                        continue
+                    t = time.perf_counter()
+                    try:
+                        sink.add(view)
+                    except Exception as e:  # noqa: BLE001 - that row's error for this step
+                        sinks[si] = e
+                    pv["step_s"][si] += time.perf_counter() - t
+                for key in whole:
+                    whole[key] = _gather(whole[key], chunk.sample(*key), len(chunks.times[key]))
+                del chunk
+        except ChunksRestart:   # the decode starts again on another path (sinks made anew)
+            views = False
+            continue
+        except MediaError as e:
+            errs[(vi, ri)] = one_line(e)
+            return None, frozenset()
+        finally:
+            chunks.close()
+        for si, sink in sinks.items():
+            if not isinstance(sink, BaseException):
+                t = time.perf_counter()
+                try:
+                    sink = sink.finish()
+                except Exception as e:  # noqa: BLE001
+                    sink = e
+                pv["step_s"][si] += time.perf_counter() - t
+            got[si][(vi, ri)] = sink
+        if not whole:
+            return None, frozenset(sinks)
+        if any(g is None for g in whole.values()):
+            errs[(vi, ri)] = f"no frames decoded between {span[0]:.2f}s and {span[1]:.2f}s"
+            return None, frozenset()
+        frames = [_gathered(g) for g in whole.values()]
+        return Frames(images=frames[0].images, times=frames[0].times, fps=frames[0].fps,
+                      indices=frames[0].indices, scale=frames[0].scale,
+                      views=dict(zip(whole, frames))), frozenset(sinks)
+    raise MediaError("the chunked decode had to start again too often")
+
+
+def _timed(chunks, pv):
+    """The chunks, the time spent decoding each added to the video's decode seconds."""
+    it = iter(chunks)
+    while True:
+        t = time.perf_counter()
+        chunk = next(it, None)
+        pv["decode_s"] += time.perf_counter() - t
+        if chunk is None:
+            return
+        yield chunk
+
+
+def _gather(acc, view: Frames, total: int):
+    """Copy a chunk's view into the whole span's arrays (allocated at the first chunk: ``total``
+    frames planned). ``acc``: None or (images, times, indices, filled, view)."""
+    if acc is None:
+        acc = (np.empty((total, *view.images.shape[1:]), np.uint8), np.empty(total),
+               np.empty(total, np.int64), 0, view)
+    images, times, indices, at, first = acc
+    m = len(view)
+    images[at:at + m], times[at:at + m] = view.images, view.times
+    indices[at:at + m] = view.indices
+    return images, times, indices, at + m, first if len(first) else view
+
+
+def _gathered(acc) -> Frames:
+    images, times, indices, at, first = acc
+    return Frames(images=images[:at], times=times[:at], fps=first.fps, indices=indices[:at],
+                  scale=first.scale)
+
+
+def _results(steps, work, keys, videos, got, errs) -> list[list[StepResult]]:
+    """Per video, per step: its StepResult from the rows' outputs and errors."""
+    results: list[list[StepResult]] = [[] for _ in work]
+    for si, (step, op) in enumerate(steps):
+        for vi, (video, rows) in enumerate(work):
+            pv = videos[vi]
             if pv["error"]:
                 results[vi].append(StepResult(step, video["video_id"], error=pv["error"]))
                 continue
-            mine = sum(1 for w in where if w[0] == vi)
-            seconds = pv["decode_s"] / len(steps) + step_s * mine / n_items
+            seconds = pv["decode_s"] / len(steps) + pv["step_s"][si]
             out: list[dict] = []
             emitted: list[dict] = []
-            for ri, (row, frames, err) in enumerate(pv["decoded"]):
-                d = got.get((vi, ri)) if err is None else None
+            for ri, row in enumerate(rows):
+                err = errs.get((vi, ri))
+                d = got[si].get((vi, ri)) if err is None else None
                 if err is not None:
                     d = {"error": err, "error_stage": step}
                 elif isinstance(d, BaseException):
@@ -356,5 +574,4 @@ def _run_frame_group(steps, work, keys) -> list[list[StepResult]]:
             except Exception as e:  # noqa: BLE001
                 results[vi].append(StepResult(step, video["video_id"], error=one_line(e),
                                               seconds=seconds))
-    del t0
     return results
