@@ -52,23 +52,29 @@ more when the box does not reach the frame's bottom edge (feet in the picture), 
 Without any face: ``full_body`` when the box is at least 1.8 times as tall as wide and clear of the
 bottom edge, else ``unknown``.
 
-Memory: the worker hands this step the whole shot decoded at 25 fps (960 px long side: 1.5 MB per
-frame at 960x540, 39 MB per second of shot); the step itself works through a track's frames in
-chunks of ``CHUNK`` frames.
+Memory: frames at 25 fps, 960 px long side, are 1.5 MB each at 960x540 (39 MB per second of shot; a
+one-shot hour would be ~140 GB). Shots of curation.operator.CHUNK_S (10 s) or more stream
+(:meth:`People.stream`, :class:`ShotTracks`): the worker decodes them in chunks of at most 10 s,
+detection runs per chunk (batched within it), ByteTrack as detections come, and a frame's per-track
+work once detection is ``max_gap_s + min_track_s`` past it, so the step holds one chunk plus about
+2 s of frames and per-frame numbers, whatever the shot's length. Shorter shots come whole, with
+detection batched over all the shots of the worker's call. The rows do not depend on the chunking
+(tests/test_chunked.py: identical on dj_video4 and vr_face1 with 1 s chunks).
 """
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
 import pyarrow as pa
 
 from curation.media import FrameSpec, Frames, crop_boxes
-from curation.operator import Operator, Param, Resources
+from curation.operator import Operator, OperatorError, Param, Resources
 from operators.nets.face_landmarks import (FACE_CROP, FACE_FILE, HAND_CROP, HAND_FILE, FaceLandmarks,
                                            HandLandmarks, person_region, upper_body_region)
 from operators.nets.person_detector import detector_weights, load_person_detector
-from operators.nets.tracking import track_boxes
+from operators.nets.tracking import make_tracker
 from schemas import BOX, frame_list
 
 ANALYSIS_FPS = 25.0      # per-frame lists: the conversation stage's rate (LR-ASD / SyncNet use 25 fps)
@@ -169,94 +175,35 @@ class People(Operator):
         return out
 
     def process_rows(self, items: list[tuple[dict, dict, Frames]]) -> list:
-        """Detection over the detection frames of all items in one batched call; the rest per item."""
+        """Detection over the detection frames of all items in one batched call; the rest per item
+        (each shot given to its :class:`ShotTracks` as one chunk)."""
         if not hasattr(self, "detector"):
             self.setup()
-        positions = [sample_positions(f.times, float(self.p["detect_fps"]), keep_last=True) for _, _, f in items]
-        images = [f.images[p] for (_, _, f), pos in zip(items, positions) for p in pos]
+        shots = [ShotTracks(self, video, row, f.times) for video, row, f in items]
+        images = [f.images[p] for (_, _, f), s in zip(items, shots) for p in s.det_pos]
         dets = self.detector.detect(images) if images else []
         out, at = [], 0
-        for (video, row, frames), pos in zip(items, positions):
-            mine, at = dets[at:at + len(pos)], at + len(pos)
+        for (video, row, frames), s in zip(items, shots):
+            mine, at = dets[at:at + len(s.det_pos)], at + len(s.det_pos)
             try:
-                out.append(self.tracks_of_shot(video, row, frames, pos, mine))
+                s.add(frames, dets=mine)
+                out.append(s.finish())
             except Exception as e:  # noqa: BLE001 - that shot's error
                 out.append(e)
         return out
 
-    # ---- one shot ------------------------------------------------------------------------------
-    def tracks_of_shot(self, video: dict, row: dict, frames: Frames, det_pos: np.ndarray,
-                       dets: list[np.ndarray]) -> list[dict]:
-        times = np.asarray(frames.times, np.float64)
-        if len(times) == 0:
-            return []
-        scale = frames.scale
-        width = video.get("width") or int(round(frames.images.shape[2] / scale))
-        height = video.get("height") or int(round(frames.images.shape[1] / scale))
-        det_times = times[det_pos]
-        rate = (len(det_pos) - 1) / max(det_times[-1] - det_times[0], 1e-6) if len(det_pos) > 1 else 1.0
-        tracked = track_boxes(dets, frames.images.shape[1:3], rate, high=float(self.p["track_thresh"]),
-                              new=float(self.p["track_thresh"]), low=float(self.p["det_conf"]),
-                              buffer_s=float(self.p["max_gap_s"]))
-        pieces = []
-        for rows in tracked.values():
-            for piece in split_at_gaps(rows, det_times, float(self.p["max_gap_s"])):
-                t = det_times[piece[:, 0].astype(int)]
-                if t[-1] - t[0] + 1e-6 >= float(self.p["min_track_s"]):
-                    pieces.append(piece)
-        tracks = []
-        for piece in pieces:
-            t = det_times[piece[:, 0].astype(int)]
-            first = int(np.searchsorted(times, t[0] - 1e-6))
-            last = int(np.searchsorted(times, t[-1] + 1e-6)) - 1
-            pos = np.arange(first, last + 1)
-            boxes = np.stack([np.interp(times[pos], t, piece[:, 1 + c]) for c in range(4)], 1) / scale
-            boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, width)
-            boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, height)
-            tracks.append({"pos": pos, "boxes": boxes, "score": float(piece[:, 5].mean())})
-        tracks.sort(key=lambda tr: (tr["pos"][0], tr["boxes"][0, 0]))
-        for tr in tracks:
-            self._faces(tr, frames, (width, height))
-            self._hands(tr, frames, times)
-        _assign_shared_faces(tracks)
-        return [self._row(video, row, k, tr, frames, times, (width, height)) for k, tr in enumerate(tracks)]
+    def stream(self, video: dict, row: dict, times: np.ndarray) -> "ShotTracks":
+        """A long shot chunk by chunk (curation.operator's contract): detection per chunk."""
+        if not hasattr(self, "detector"):
+            self.setup()
+        return ShotTracks(self, video, row, times)
 
-    def _faces(self, tr: dict, frames: Frames, frame_size: tuple[int, int]) -> None:
-        n = len(tr["pos"])
-        tr["face"] = np.full((n, 10), np.nan)   # box(4) mouth jaw yaw pitch roll visibility
-        regions = upper_body_region(tr["boxes"])
-        for a in range(0, n, CHUNK):
-            sl = slice(a, a + CHUNK)
-            crops = crop_boxes(frames.images[tr["pos"][sl]], regions[sl], FACE_CROP, scale=frames.scale)
-            for i, (crop, region, box) in enumerate(zip(crops, regions[sl], tr["boxes"][sl])):
-                face = _pick_face(self.face_net.faces(crop, region, frame_size), box)
-                if face is not None:
-                    tr["face"][a + i] = [*face.box, face.mouth_open, face.jaw_open, face.yaw, face.pitch,
-                                         face.roll, face.visibility]
-
-    def _hands(self, tr: dict, frames: Frames, times: np.ndarray) -> None:
-        pos = tr["pos"]
-        sel = sample_positions(times[pos], float(self.p["hands_fps"]), keep_last=False)
-        regions = person_region(tr["boxes"][sel])
-        counts = np.zeros(len(sel), np.int8)
-        for a in range(0, len(sel), CHUNK):
-            sl = slice(a, a + CHUNK)
-            crops = crop_boxes(frames.images[pos[sel[sl]]], regions[sl], HAND_CROP, scale=frames.scale)
-            for i, (crop, region, box) in enumerate(zip(crops, regions[sl], tr["boxes"][sel[sl]])):
-                c = self.hand_net.hand_centres(crop, region)
-                g = 0.1 * np.array([box[0] - box[2], box[1] - box[3], box[2] - box[0], box[3] - box[1]])
-                gb = box + g
-                counts[a + i] = int(np.sum((c[:, 0] >= gb[0]) & (c[:, 0] <= gb[2]) & (c[:, 1] >= gb[1])
-                                           & (c[:, 1] <= gb[3])))
-        nearest = np.abs(times[pos][:, None] - times[pos][sel][None, :]).argmin(1)
-        tr["hands"] = counts[nearest]
-
-    def _row(self, video, row, k, tr, frames, times, frame_size) -> dict:
+    def _row(self, video, row, k, tr, times, frame_size) -> dict:
         pos, boxes, f = tr["pos"], tr["boxes"], tr["face"]
         t = times[pos]
         has = np.isfinite(f[:, 0])
         mouth, jaw, yaw, pitch, roll, vis = (f[:, 4 + j] for j in range(6))
-        static = _static(boxes, f, frames, pos)
+        static = _static(boxes, f, tr["pixel_change"])
         is_static = (static[0] < float(self.p["static_max_box_motion"])
                      and static[1] < float(self.p["static_max_pixel_change"])
                      and not static[2] >= float(self.p["static_max_face_motion"]))  # NaN = no face
@@ -295,6 +242,221 @@ class People(Operator):
             **comp,
             "detector_backend": self.detector.backend, "face_backend": self.face_net.backend,
         }
+
+
+class ShotTracks:
+    """The tracks of one shot from its analysis frames given in consecutive chunks (``add``), rows
+    from ``finish`` (:meth:`People.stream`; :meth:`People.process_rows` gives a shot as one chunk).
+
+    Frames come at ``times`` (the shot's whole grid, known up front: the detection frames and the
+    detection rate ByteTrack's lost-track buffer is counted in are those of the whole shot).
+    Detection runs on each chunk's detection frames, ByteTrack (online) right after. The per-track
+    work of a frame (interpolated box, face, hands, static crop) needs every track piece that covers
+    it: a piece is cut when its track goes unseen for more than ``max_gap_s`` and kept when it lasts
+    ``min_track_s``, so once detection is more than ``max_gap_s + min_track_s`` past a frame, the
+    pieces covering it, their boxes there and whether they are kept are final (an open piece
+    covering it already lasts min_track_s). Frames are done in order as detection passes that point
+    (all at ``finish``) and then dropped: the sink holds about ``max_gap_s + min_track_s`` seconds
+    of frames beyond the chunk, plus per-frame numbers. The rows are those of the whole shot at
+    once (the same calls on the same pixels; tests/test_chunked.py compares them)."""
+
+    def __init__(self, op: People, video: dict, row: dict, times: np.ndarray):
+        p = op.p
+        self.op, self.video, self.row = op, video, row
+        self.times = np.asarray(times, np.float64)
+        self.det_pos = sample_positions(self.times, float(p["detect_fps"]), keep_last=True)
+        det_times = self.times[self.det_pos]
+        rate = (len(det_times) - 1) / max(det_times[-1] - det_times[0], 1e-6) if len(det_times) > 1 else 1.0
+        self.tracker = make_tracker(rate, high=float(p["track_thresh"]), new=float(p["track_thresh"]),
+                                    low=float(p["det_conf"]), buffer_s=float(p["max_gap_s"]))
+        self.max_gap, self.min_track = float(p["max_gap_s"]), float(p["min_track_s"])
+        self.lag = self.max_gap + self.min_track + 1e-3
+        self.hands_fps = float(p["hands_fps"])
+        self.det_times: list[float] = []          # times of the detection frames tracked so far
+        self.pieces: dict[int, list[dict]] = {}   # ByteTrack id -> its pieces (cut at gaps), in order
+        self.at = 0                               # frames received
+        self.done = 0                             # frames whose per-track work is done
+        self.buf: list[tuple[int, np.ndarray]] = []   # (position, images) of frames not done
+        self.shape = self.scale = self.frame_size = None
+
+    # ---- chunks in ------------------------------------------------------------------------------
+    def add(self, frames: Frames, dets: list[np.ndarray] | None = None) -> None:
+        m = len(frames)
+        if m == 0:
+            return
+        if not np.array_equal(frames.times, self.times[self.at:self.at + m]):
+            raise OperatorError("people: frames do not follow the times given to stream()")
+        if self.shape is None:
+            self.shape, self.scale = frames.images.shape[1:3], frames.scale
+            self.frame_size = (self.video.get("width") or int(round(frames.images.shape[2] / self.scale)),
+                               self.video.get("height") or int(round(frames.images.shape[1] / self.scale)))
+        self.buf.append((self.at, frames.images))
+        lo, hi = np.searchsorted(self.det_pos, [self.at, self.at + m])
+        mine = self.det_pos[lo:hi]
+        if dets is None:
+            dets = self.op.detector.detect([frames.images[q - self.at] for q in mine]) if len(mine) else []
+        self.at += m
+        for q, det in zip(mine, dets):
+            self._track(int(q), det)
+        if self.det_times:   # frames detection has passed by the lag are final
+            self._settle(int(np.searchsorted(self.times, self.det_times[-1] - self.lag)))
+
+    def finish(self) -> list[dict]:
+        if self.at == 0:
+            return []
+        if self.at < len(self.times):   # a truncated stream: its last frame is a detection frame
+            self.times = self.times[:self.at]
+            if not self.det_times or self.det_times[-1] < self.times[-1]:
+                self._track(self.at - 1, self.op.detector.detect([self._images(self.at - 1, self.at)[0]])[0])
+        self._settle(self.at)
+        tracks = []
+        for pieces in self.pieces.values():
+            for pc in pieces:
+                if self._kept(pc):
+                    n = pc["last"] - pc["first"] + 1
+                    rows = np.asarray(pc["rows"], np.float32)
+                    slots = np.asarray(pc["hand_t"])
+                    t = self.times[pc["first"]:pc["last"] + 1]
+                    tracks.append({"pos": np.arange(pc["first"], pc["last"] + 1),
+                                   "boxes": np.concatenate(pc["boxes"]), "face": np.concatenate(pc["face"]),
+                                   "score": float(rows[:, 5].mean()),
+                                   "hands": np.asarray(pc["hand_counts"], np.int8)[_nearest(t, slots)],
+                                   "pixel_change": float(np.percentile(np.asarray(pc["diffs"]), 90))
+                                   if pc["diffs"] else math.nan})
+                    assert len(tracks[-1]["boxes"]) == n
+        tracks.sort(key=lambda tr: (tr["pos"][0], tr["boxes"][0, 0]))
+        _assign_shared_faces(tracks)
+        self.buf = []
+        return [self.op._row(self.video, self.row, k, tr, self.times, self.frame_size)
+                for k, tr in enumerate(tracks)]
+
+    # ---- tracking ---------------------------------------------------------------------------------
+    def _track(self, q: int, det: np.ndarray) -> None:
+        """One detection frame (position ``q``) through ByteTrack, as operators.nets.tracking's
+        track_boxes does it; its matches extend the tracks' pieces."""
+        from ultralytics.engine.results import Boxes
+        k = len(self.det_times)
+        t = float(self.times[q])
+        self.det_times.append(t)
+        det = np.asarray(det, np.float32).reshape(-1, 5)
+        data = np.concatenate([det, np.zeros((len(det), 1), np.float32)], 1)  # class 0 = person
+        out = self.tracker.update(Boxes(data, tuple(self.shape)))
+        for r in np.asarray(out).reshape(-1, 8):
+            _x1, _y1, _x2, _y2, tid, score, _cls, idx = r
+            row = np.asarray([k, *det[int(idx), :4], score], np.float32)
+            pieces = self.pieces.setdefault(int(tid), [])
+            if not pieces or t - pieces[-1]["t"][-1] > self.max_gap + 1e-6:   # split_at_gaps
+                first = int(np.searchsorted(self.times, t - 1e-6))
+                pieces.append({"rows": [], "t": [], "first": first, "next": first, "hand_slot": -1,
+                               "static_slot": -1, "boxes": [], "face": [], "hand_t": [],
+                               "hand_counts": [], "diffs": [], "grey": None})
+            pc = pieces[-1]
+            pc["rows"].append(row)
+            pc["t"].append(t)
+            pc["last"] = int(np.searchsorted(self.times, t + 1e-6)) - 1
+
+    def _kept(self, pc: dict) -> bool:
+        return pc["t"][-1] - pc["t"][0] + 1e-6 >= self.min_track
+
+    # ---- per-track work on frames ------------------------------------------------------------------
+    def _settle(self, upto: int) -> None:
+        """Per-track work on frames done..upto-1 (final: see the class docstring), then drop them."""
+        upto = min(upto, self.at)
+        if upto <= self.done:
+            return
+        for pieces in self.pieces.values():
+            for pc in pieces:
+                a, b = max(pc["next"], self.done), min(upto, pc["last"] + 1)
+                if b > a and self._kept(pc):
+                    self._work(pc, a, b)
+                    pc["next"] = b
+        self.done = upto
+        while self.buf and self.buf[0][0] + len(self.buf[0][1]) <= upto:
+            self.buf.pop(0)
+        if self.buf and self.buf[0][0] < upto:
+            q, images = self.buf[0]
+            rest = images[upto - q:]
+            self.buf[0] = (upto, rest.copy() if 2 * len(rest) < len(images) else rest)
+
+    def _images(self, a: int, b: int) -> np.ndarray:
+        """Frames a..b-1 (not done yet): a view when they lie in one buffered chunk."""
+        parts = []
+        for q, images in self.buf:
+            lo, hi = max(a, q), min(b, q + len(images))
+            if hi > lo:
+                parts.append(images[lo - q:hi - q])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _work(self, pc: dict, a: int, b: int) -> None:
+        op, scale, times = self.op, self.scale, self.times
+        t_f = times[a:b]
+        # the box at each frame: linear between the piece's detections around it (np.interp uses
+        # only the two around a frame, so the detections a..b need are enough)
+        i0 = max(0, bisect.bisect_right(pc["t"], t_f[0]) - 1)
+        i1 = bisect.bisect_left(pc["t"], t_f[-1]) + 1
+        rows = np.asarray(pc["rows"][i0:i1], np.float32)
+        t = np.asarray(pc["t"][i0:i1])
+        boxes = np.stack([np.interp(t_f, t, rows[:, 1 + c]) for c in range(4)], 1) / scale
+        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, self.frame_size[0])
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, self.frame_size[1])
+        pc["boxes"].append(boxes)
+        # faces, every frame
+        face = np.full((b - a, 10), np.nan)   # box(4) mouth jaw yaw pitch roll visibility
+        regions = upper_body_region(boxes)
+        for c in range(0, b - a, CHUNK):
+            sl = slice(c, c + CHUNK)
+            crops = crop_boxes(self._images(a + c, min(b, a + c + CHUNK)), regions[sl], FACE_CROP, scale=scale)
+            for i, (crop, region, box) in enumerate(zip(crops, regions[sl], boxes[sl])):
+                found = _pick_face(op.face_net.faces(crop, region, self.frame_size), box)
+                if found is not None:
+                    face[c + i] = [*found.box, found.mouth_open, found.jaw_open, found.yaw, found.pitch,
+                                   found.roll, found.visibility]
+        pc["face"].append(face)
+        t0 = times[pc["first"]]
+        # hands at hands_fps: the first frame of each 1/hands_fps slot of the track (sample_positions)
+        sel = _new_slots(np.floor((t_f - t0) * self.hands_fps + 1e-6).astype(int), pc, "hand_slot")
+        if len(sel):
+            regions = person_region(boxes[sel])
+            for c in range(0, len(sel), CHUNK):
+                s = sel[c:c + CHUNK]
+                crops = crop_boxes(np.stack([self._images(a + i, a + i + 1)[0] for i in s]), regions[c:c + CHUNK],
+                                   HAND_CROP, scale=scale)
+                for crop, region, box in zip(crops, regions[c:c + CHUNK], boxes[s]):
+                    centres = op.hand_net.hand_centres(crop, region)
+                    g = 0.1 * np.array([box[0] - box[2], box[1] - box[3], box[2] - box[0], box[3] - box[1]])
+                    gb = box + g
+                    pc["hand_counts"].append(int(np.sum((centres[:, 0] >= gb[0]) & (centres[:, 0] <= gb[2])
+                                                        & (centres[:, 1] >= gb[1]) & (centres[:, 1] <= gb[3]))))
+            pc["hand_t"].extend(t_f[sel].tolist())
+        # static: box contents every STATIC_PAIR_S, 64 px grey, mean absolute change per pair
+        sel = _new_slots(np.floor((t_f - t0) * (1.0 / STATIC_PAIR_S) + 1e-6).astype(int), pc, "static_slot")
+        if len(sel):
+            crops = crop_boxes(np.stack([self._images(a + i, a + i + 1)[0] for i in sel]), boxes[sel],
+                               STATIC_CROP, scale=scale)
+            grey = crops.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            if pc["grey"] is not None:
+                grey = np.concatenate([pc["grey"], grey])
+            pc["diffs"].extend(np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2)))
+            pc["grey"] = grey[-1:]
+
+
+def _new_slots(slots: np.ndarray, pc: dict, key: str) -> np.ndarray:
+    """Positions in ``slots`` (consecutive frames of a track) where a new slot starts, continuing
+    from the track's last slot ``pc[key]`` (the first frame of each slot, as sample_positions)."""
+    prev = np.concatenate([[pc[key]], slots[:-1]])
+    if len(slots):
+        pc[key] = int(slots[-1])
+    return np.flatnonzero(slots != prev)
+
+
+def _nearest(times: np.ndarray, sampled: np.ndarray) -> np.ndarray:
+    """For each of ``times`` (sorted), the index of the nearest of ``sampled`` (sorted; the first
+    on a tie): argmin |times[:, None] - sampled[None, :]| along 1 without the n x m matrix."""
+    j = np.clip(np.searchsorted(sampled, times), 1, max(1, len(sampled) - 1))
+    if len(sampled) == 1:
+        return np.zeros(len(times), int)
+    left, right = np.abs(times - sampled[j - 1]), np.abs(times - sampled[j])
+    return np.where(left <= right, j - 1, j)
 
 
 # ---- helpers (pure functions) -----------------------------------------------------------------------
@@ -365,8 +527,9 @@ def _assign_shared_faces(tracks: list[dict]) -> None:
                 loser[:] = np.nan
 
 
-def _static(boxes: np.ndarray, face: np.ndarray, frames: Frames, pos: np.ndarray) -> tuple[float, float, float]:
-    """(box motion, pixel change, face motion) of a track; see the module docstring."""
+def _static(boxes: np.ndarray, face: np.ndarray, pixel_change: float) -> tuple[float, float, float]:
+    """(box motion, pixel change, face motion) of a track; see the module docstring (the pixel change
+    is measured as the frames go by: ShotTracks._work)."""
     h = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)
     hm = float(np.median(h))
 
@@ -374,14 +537,6 @@ def _static(boxes: np.ndarray, face: np.ndarray, frames: Frames, pos: np.ndarray
         return float(np.percentile(x, 95) - np.percentile(x, 5))
     box_motion = max(spread((boxes[:, 0] + boxes[:, 2]) / 2) / hm, spread((boxes[:, 1] + boxes[:, 3]) / 2) / hm,
                      spread(np.log(h)))
-    times = frames.times[pos]
-    sel = sample_positions(times, 1.0 / STATIC_PAIR_S)
-    if len(sel) >= 2:
-        crops = crop_boxes(frames.images[pos[sel]], boxes[sel], STATIC_CROP, scale=frames.scale)
-        grey = crops.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        pixel_change = float(np.percentile(np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2)), 90))
-    else:
-        pixel_change = math.nan
     has = np.isfinite(face[:, 0])
     if has.sum() >= 2:
         f = face[has]
