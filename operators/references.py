@@ -36,6 +36,12 @@ native frame with :func:`curation.media.crop_boxes` (black outside the frame), s
 
 ``ref_id``: ``<clip_id>:global:<inside|outside>:<ms>`` for global references,
 ``<track_id>:<kind>`` for views and ``<track_id>:expression:<class>`` for expressions.
+
+Memory: a track spans up to its shot, at native size (6 MB per 1080p frame, 25 MB per second at
+4 fps). Tracks of curation.operator.CHUNK_S (10 s) or more stream (:meth:`References.stream`,
+:class:`TrackReferences`): per-frame numbers are computed chunk by chunk and only the crops of the
+few frames that can still be chosen are kept; the choices run at the end over the whole track, so
+the references are the same as from the whole span (tests/test_chunked.py).
 """
 from __future__ import annotations
 
@@ -43,9 +49,10 @@ import numpy as np
 import pyarrow as pa
 
 from curation.media import FrameSpec, Frames, crop_boxes
-from curation.operator import Operator, Param, Resources
+from curation.operator import Operator, OperatorError, Param, Resources
 from operators.nets import emotieff, fer
-from operators.nets.views import MIN_SOURCE_SIDE, choose_expressions, choose_global, choose_views
+from operators.nets.views import (MIN_SOURCE_SIDE, _centrality, _unit, choose_expressions, choose_global,
+                                  choose_views, theta_from_yaw, view_class)
 from schemas import BOX, blob_field
 
 FPS = 4.0             # candidate frames per second of track (see module docstring)
@@ -220,63 +227,222 @@ class References(Operator):
             self.backend = f"emotiefflib/{self.p['model_name']}.onnx/onnxruntime"
 
     def process_row(self, video: dict, row: dict, frames: Frames) -> list[dict]:
+        refs = self.stream(video, row, frames.times)
+        refs.add(frames)
+        return refs.finish()
+
+    def stream(self, video: dict, row: dict, times: np.ndarray) -> "TrackReferences":
+        """A track chunk by chunk (curation.operator's contract); process_row is its one-chunk case."""
         if not hasattr(self, "net"):
             self.setup()
-        track_id = row["track_id"]
-        clips = [c for c in (video.get("tables") or {}).get("clips", [])
-                 if c.get("clip_kind") == "person" and c.get("track_id") == track_id]
-        times = np.asarray(frames.times, np.float64)
-        if not clips or len(times) == 0:
-            return []
-        src_w, src_h = int(video["width"]), int(video["height"])
-        j = nearest_index(row.get("frame_times_s") or [], times)
-        n_track = len(row.get("frame_times_s") or [])
-        person = _take(_per_frame(row.get("person_boxes"), n_track, 4), j)
-        face = _take(_per_frame(row.get("face_boxes"), n_track, 4), j)
-        yaw = _take(facing_yaw(row, float(self.p["rear_min_s"])), j)
-        valid = np.isfinite(person).all(axis=1)
-        sharp = sharpness(frames.images, person, frames.scale)
-        area = np.where(valid, (person[:, 2] - person[:, 0]) * (person[:, 3] - person[:, 1]), 0.0)
-        quality = np.nan_to_num(sharp) * area
+        return TrackReferences(self, video, row, times)
 
-        base = {"video_id": video["video_id"], "track_id": track_id, "source_width": src_w,
-                "source_height": src_h}
+
+class _Best:
+    """The frames of one choice that can still win its argmax while frames come in: the first one
+    (all scores 0 or normalised to ones), the best key so far and those within a relative 1e-9 of
+    it (the choice divides keys by maxima known only at the end, which can reorder keys that close,
+    never keys further apart)."""
+
+    def __init__(self):
+        self.best, self.top, self.first = 0.0, [], None
+
+    def offer(self, idx: np.ndarray, keys: np.ndarray) -> None:
+        for i, k in zip(idx.tolist(), keys.tolist()):
+            if self.first is None:
+                self.first = i
+            if k > self.best:
+                self.best = k
+                self.top = [(j, kj) for j, kj in self.top if kj >= k * (1 - 1e-9)] + [(i, k)]
+            elif self.best > 0 and k >= self.best * (1 - 1e-9):
+                self.top.append((i, k))
+
+    def frames(self) -> set[int]:
+        return {i for i, _ in self.top} | ({self.first} if self.first is not None else set())
+
+
+class TrackReferences:
+    """The references of one track from its frames given in consecutive chunks (``add``), rows from
+    ``finish`` (:meth:`References.stream`; process_row gives the span as one chunk).
+
+    Everything the choices use except the pixels is known up front from the track row and the
+    frame ``times`` (boxes, facing yaw, validity, clips, view classes, the global choices' time
+    bins). Per frame, as chunks come: sharpness of the person and face crops and the expression
+    probabilities. The choices themselves (operators/nets/views.py) run at ``finish`` over the whole
+    track's numbers, as on the whole span; the images they cut come from the few frames kept on the
+    way: for each choice (a time bin of a clip's global references, a view class, an expression
+    class) the frames that can still win it (:class:`_Best`), kept as the crops ``emit`` makes
+    (person or face region, at most ``max_side`` px), so memory does not grow with the track."""
+
+    def __init__(self, op: References, video: dict, row: dict, times: np.ndarray):
+        self.op, self.video, self.row = op, video, row
+        self.times = np.asarray(times, np.float64)
+        self.track_id = row["track_id"]
+        self.clips = sorted([c for c in (video.get("tables") or {}).get("clips", [])
+                             if c.get("clip_kind") == "person" and c.get("track_id") == self.track_id],
+                            key=lambda c: c["clip_id"])
+        self.at = 0
+        self.active = bool(self.clips) and len(self.times) > 0
+        if not self.active:
+            return
+        p = op.p
+        n = len(self.times)
+        self.src = (int(video["width"]), int(video["height"]))
+        j = nearest_index(row.get("frame_times_s") or [], self.times)
+        n_track = len(row.get("frame_times_s") or [])
+        self.person = _take(_per_frame(row.get("person_boxes"), n_track, 4), j)
+        self.face = _take(_per_frame(row.get("face_boxes"), n_track, 4), j)
+        self.yaw = _take(facing_yaw(row, float(p["rear_min_s"])), j)
+        self.valid = np.isfinite(self.person).all(axis=1)
+        self.area = np.where(self.valid, (self.person[:, 2] - self.person[:, 0])
+                             * (self.person[:, 3] - self.person[:, 1]), 0.0)
+        self.has_face = np.isfinite(self.face).all(axis=1)
+        # appearance references show the face when the track has one (not a face hidden by hands)
+        both = self.valid & self.has_face
+        self.valid_global = both if both.any() else self.valid
+        self.sharp = np.full(n, np.nan)
+        self.expressions = op.net is not None and min(self.src) >= MIN_SOURCE_SIDE
+        if self.expressions:
+            self.probs = np.full((n, len(op.classes)), np.nan)
+            self.face_sharp = np.full(n, np.nan)
+        # the choices that need a person crop: per clip the global time bins, per class the views
+        self.global_bins = []   # (mask, _Best)
+        for clip in self.clips:
+            for idx, k in _global_candidates(self.times, clip["start_s"], clip["end_s"], self.valid_global,
+                                             int(p["n_inside"]), int(p["n_outside"]), float(p["min_gap_s"])):
+                mask = np.zeros(n, bool)
+                mask[idx] = True
+                self.global_bins.append((mask, _Best()))
+        labels, theta = view_class(self.yaw), theta_from_yaw(self.yaw)
+        unit_area = _unit(self.area, n)
+        self.views, self.fixed = [], set()
+        for label in ("frontal", "left", "right", "rear"):
+            idx = np.flatnonzero(self.valid & (labels == label))
+            if len(idx) < max(int(p["min_view_frames"]), 1):
+                continue
+            weight = np.zeros(n)
+            weight[idx] = unit_area[idx] * (0.5 + 0.5 * _centrality(theta[idx], label))
+            mask = np.zeros(n, bool)
+            mask[idx] = True
+            self.views.append((mask, weight, _Best()))
+            self.fixed.add(int(idx[np.argmax(weight[idx])]))   # the winner when no crop is sharp
+        self.expr_best: dict[tuple[int, bool], _Best] = {}   # (class, weighted by face sharpness)
+        self.person_cuts: dict[int, tuple] = {}
+        self.face_cuts: dict[int, tuple] = {}
+
+    def add(self, frames: Frames) -> None:
+        m = len(frames)
+        if not self.active or m == 0:
+            self.at += m
+            return
+        a, b = self.at, self.at + m
+        if not np.array_equal(frames.times, self.times[a:b]):
+            raise OperatorError("references: frames do not follow the times given to stream()")
+        op, self.scale = self.op, frames.scale
+        pos = np.arange(a, b)
+        self.sharp[a:b] = sharpness(frames.images, self.person[a:b], frames.scale)
+        for mask, best in self.global_bins:
+            here = np.flatnonzero(mask[a:b])
+            best.offer(pos[here], np.nan_to_num(np.nan_to_num(self.sharp[a + here]) * self.area[a + here]).clip(min=0.0))
+        s = np.nan_to_num(self.sharp[a:b]).clip(min=0.0)
+        for mask, weight, best in self.views:
+            here = np.flatnonzero(mask[a:b])
+            best.offer(pos[here], s[here] * weight[a + here])
+        if self.expressions:
+            idx = np.flatnonzero(self.has_face[a:b])
+            if len(idx):
+                self.probs[a + idx] = op.predict(op.crop(frames.images[idx], self.face[a + idx], scale=frames.scale))
+            self.face_sharp[a:b] = sharpness(frames.images, self.face[a:b], frames.scale)
+            p = np.nan_to_num(self.probs[a:b])
+            ok = self.has_face[a:b] & np.all(np.isfinite(self.probs[a:b]), axis=1)
+            top, conf = p.argmax(axis=1), p.max(axis=1)
+            fs = np.nan_to_num(self.face_sharp[a:b]).clip(min=0.0)
+            for c in range(len(op.classes)):
+                here = np.flatnonzero(ok & (top == c) & (conf >= float(op.p["min_expression_prob"])))
+                if len(here):
+                    self.expr_best.setdefault((c, True), _Best()).offer(pos[here], conf[here] * fs[here])
+                    self.expr_best.setdefault((c, False), _Best()).offer(pos[here], conf[here])
+        # keep the crops of the frames that can still be chosen, drop the others
+        want_person = set(self.fixed).union(*(best.frames() for _, best in self.global_bins),
+                                            *(best.frames() for _, _, best in self.views))
+        want_face = set().union(*(best.frames() for best in self.expr_best.values()))
+        side = int(op.p["max_side"])
+        for i in sorted(want_person - set(self.person_cuts)):
+            if a <= i < b:
+                self.person_cuts[i] = cut(frames.images[i - a], self.person[i], frames.scale,
+                                          float(op.p["person_expand"]), side)
+        for i in sorted(want_face - set(self.face_cuts)):
+            if a <= i < b:
+                self.face_cuts[i] = cut(frames.images[i - a], self.face[i], frames.scale,
+                                        float(op.p["face_expand"]), side, square=True)
+        for i in set(self.person_cuts) - want_person:
+            del self.person_cuts[i]
+        for i in set(self.face_cuts) - want_face:
+            del self.face_cuts[i]
+        self.at = b
+
+    def finish(self) -> list[dict]:
+        if not self.active or self.at == 0:
+            return []
+        op, p = self.op, self.op.p
+        n = self.at                     # all the frames, or those a truncated stream gave
+        times, person, face, yaw = self.times[:n], self.person[:n], self.face[:n], self.yaw[:n]
+        valid, has_face, sharp = self.valid[:n], self.has_face[:n], self.sharp[:n]
+        quality = np.nan_to_num(sharp) * self.area[:n]
+        base = {"video_id": self.video["video_id"], "track_id": self.track_id,
+                "source_width": self.src[0], "source_height": self.src[1]}
         out = []
 
-        def emit(choice, clip_id, ref_id, box, expand, square=False, backend=None):
+        def emit(choice, clip_id, ref_id, box, square=False, backend=None):
             i = choice.index
-            img, region = cut(frames.images[i], box, frames.scale, float(expand), int(self.p["max_side"]),
-                              square)
+            kept = self.face_cuts if square else self.person_cuts
+            if i not in kept:
+                raise OperatorError(f"references: frame {i} was chosen but not kept (internal error)")
+            img, region = kept[i]
             out.append({**base, "ref_id": ref_id, "clip_id": clip_id, "kind": choice.kind,
                         "label": choice.label, "frame_s": float(times[i]), "score": choice.score,
                         "yaw_deg": None if not np.isfinite(yaw[i]) else float(yaw[i]),
-                        "box": [float(v) for v in region], "image": jpeg(img, int(self.p["jpeg_quality"])),
+                        "box": [float(v) for v in region], "image": jpeg(img, int(p["jpeg_quality"])),
                         "image_width": img.shape[1], "image_height": img.shape[0],
                         "label_backend": backend})
 
-        has_face = np.isfinite(face).all(axis=1)
-        # appearance references show the face when the track has one (not a face hidden by hands)
-        valid_global = valid & has_face if (valid & has_face).any() else valid
-        for clip in sorted(clips, key=lambda c: c["clip_id"]):
+        valid_global = self.valid_global[:n]
+        for clip in self.clips:
             for ch in choose_global(times, clip["start_s"], clip["end_s"], quality, valid_global,
-                                    n_inside=int(self.p["n_inside"]), n_outside=int(self.p["n_outside"]),
-                                    min_gap_s=float(self.p["min_gap_s"])):
+                                    n_inside=int(p["n_inside"]), n_outside=int(p["n_outside"]),
+                                    min_gap_s=float(p["min_gap_s"])):
                 ms = int(round(times[ch.index] * 1000))
-                emit(ch, clip["clip_id"], f"{clip['clip_id']}:global:{ch.label}:{ms}", person[ch.index],
-                     self.p["person_expand"])
-        for ch in choose_views(yaw, sharp, area, valid, max_views=int(self.p["max_views"]),
-                               min_frames=int(self.p["min_view_frames"])):
-            emit(ch, None, f"{track_id}:{ch.kind}", person[ch.index], self.p["person_expand"])
-        if self.net is not None and min(src_w, src_h) >= MIN_SOURCE_SIDE:
-            probs = np.full((len(times), len(self.classes)), np.nan)
-            idx = np.flatnonzero(has_face)
-            if len(idx):
-                crops = self.crop(frames.images[idx], face[idx], scale=frames.scale)
-                probs[idx] = self.predict(crops)
-            face_sharp = sharpness(frames.images, face, frames.scale)
-            for ch in choose_expressions(probs, self.classes, src_w, src_h, valid=has_face,
-                                         sharpness=face_sharp, min_prob=float(self.p["min_expression_prob"]),
-                                         max_expressions=int(self.p["max_expressions"])):
-                emit(ch, None, f"{track_id}:expression:{ch.label}", face[ch.index], self.p["face_expand"],
-                     square=True, backend=self.backend)
+                emit(ch, clip["clip_id"], f"{clip['clip_id']}:global:{ch.label}:{ms}", person[ch.index])
+        for ch in choose_views(yaw, sharp, self.area[:n], valid, max_views=int(p["max_views"]),
+                               min_frames=int(p["min_view_frames"])):
+            emit(ch, None, f"{self.track_id}:{ch.kind}", person[ch.index])
+        if self.expressions:
+            for ch in choose_expressions(self.probs[:n], op.classes, *self.src, valid=has_face,
+                                         sharpness=self.face_sharp[:n],
+                                         min_prob=float(p["min_expression_prob"]),
+                                         max_expressions=int(p["max_expressions"])):
+                emit(ch, None, f"{self.track_id}:expression:{ch.label}", face[ch.index], square=True,
+                     backend=op.backend)
+        self.person_cuts, self.face_cuts = {}, {}
         return out
+
+
+def _global_candidates(times: np.ndarray, start_s: float, end_s: float, valid: np.ndarray, n_inside: int,
+                       n_outside: int, min_gap_s: float) -> list[tuple[np.ndarray, int]]:
+    """The frames of each time bin choose_global (views._spread) takes its best from, for a clip:
+    (frame indices, bin number) per non-empty bin, outside bins first."""
+    t = np.asarray(times, np.float64)
+    ok = valid & np.isfinite(t)
+    inside = np.flatnonzero(ok & (t >= start_s) & (t < end_s))
+    outside = np.flatnonzero(ok & ((t < start_s - min_gap_s) | (t >= end_s + min_gap_s)))
+    out = []
+    for idx, k in ((outside, n_outside), (inside, n_inside)):
+        if k <= 0 or len(idx) == 0:
+            continue
+        edges = np.linspace(t[idx].min(), t[idx].max(), k + 1)
+        for b in range(k):
+            hi = t[idx] <= edges[b + 1] if b == k - 1 else t[idx] < edges[b + 1]
+            mine = idx[(t[idx] >= edges[b]) & hi]
+            if len(mine):
+                out.append((mine, b))
+    return out
