@@ -62,6 +62,9 @@ Frame memory (a worker's batch, long shots):
   (tracks) stream; other frame operators run on clips (at most 10 s) and take the whole span.
 - Steps share decoded frames (a view at a spec two steps have in common, or the frames themselves
   when nothing is to be thinned or resized): operators must not write into ``frames.images``.
+- decord goes on decoding the rest of a video into memory while the steps work (gigabytes within
+  seconds): the video's decoder is paused (:meth:`VideoDecoder.pause`) before a group runs with it
+  still open, and after each chunk it reads.
 """
 from __future__ import annotations
 
@@ -347,9 +350,12 @@ def _run_frame_group(steps, work, keys, budget: int, chunk_s: float) -> list[lis
     errs: dict = {}                          # (video, row) -> the row's decode error
     group: list[tuple] = []                  # decoded rows not yet run: (vi, ri, video, row, frames, done)
     held = 0
+    open_decoder: list = [None]              # the decoder of the video being read (see _decoded)
 
     def run_group():
         nonlocal held
+        if open_decoder[0] is not None:      # no decoding ahead while the steps run
+            open_decoder[0].pause()
         for si, (step, op) in enumerate(steps):
             todo = [g for g in group if si not in g[5] and not videos[g[0]]["error"]]
             items = [(video, row, frames.sample(op.frames.fps, op.frames.max_side))
@@ -368,7 +374,7 @@ def _run_frame_group(steps, work, keys, budget: int, chunk_s: float) -> list[lis
         group.clear()
         held = 0
 
-    for kind, value in _decoded(steps, work, spec, chunk_s, videos, got, errs):
+    for kind, value in _decoded(steps, work, spec, chunk_s, videos, got, errs, open_decoder):
         if kind == "plan":       # about to decode this many bytes: run what is held first if needed
             if group and held + value > budget:
                 run_group()
@@ -382,12 +388,12 @@ def _run_frame_group(steps, work, keys, budget: int, chunk_s: float) -> list[lis
 
 
 def _decoded(steps, work, spec: FrameSpec, chunk_s: float, videos: list[dict], got: list[dict],
-             errs: dict):
+             errs: dict, open_decoder: list):
     """Per video, per row: ``("plan", bytes)`` before a row is decoded whole, then ``("row", (vi,
     ri, video, row, frames, done))``; a row longer than ``chunk_s`` that a step streams is streamed
     here (:func:`_stream_row`) and comes as a row only for the steps that take the whole span.
     Decode errors of a row go to ``errs``; a video that cannot be decoded at all gets its error in
-    ``videos``."""
+    ``videos``. ``open_decoder[0]``: the decoder of the video being read, while it is open."""
     streaming = any(_streams(op) for _, op in steps)
     for vi, (video, rows) in enumerate(work):
         pv = videos[vi]
@@ -396,6 +402,7 @@ def _decoded(steps, work, spec: FrameSpec, chunk_s: float, videos: list[dict], g
             with local_path(video["uri"]) as path:
                 decoder = VideoDecoder(path, rotation=video.get("rotation") or 0, max_side=spec.max_side,
                                        display_size=(video.get("width"), video.get("height")))
+                open_decoder[0] = decoder
                 pv["decode_s"] += time.perf_counter() - t
                 for ri, row in enumerate(rows):
                     start = row.get("start_s", 0.0) or 0.0
@@ -424,6 +431,8 @@ def _decoded(steps, work, spec: FrameSpec, chunk_s: float, videos: list[dict], g
                     del frames
         except Exception as e:  # noqa: BLE001 - the video could not be opened or decoded
             pv["error"] = one_line(e)
+        finally:
+            open_decoder[0] = decoder = None
 
 
 def _stream_row(steps, video, row, vi, ri, decoder, span, spec, chunk_s, pv, got, errs):
@@ -471,7 +480,7 @@ def _stream_row(steps, video, row, vi, ri, decoder, span, spec, chunk_s, pv, got
                     pv["step_s"][si] += time.perf_counter() - t
                 for key in whole:
                     whole[key] = _gather(whole[key], chunk.sample(*key), len(chunks.times[key]))
-                del chunk
+                chunk = view = None   # not held while the next chunk decodes
         except ChunksRestart:   # the decode starts again on another path (sinks made anew)
             views = False
             continue
@@ -511,6 +520,7 @@ def _timed(chunks, pv):
         if chunk is None:
             return
         yield chunk
+        chunk = None
 
 
 def _gather(acc, view: Frames, total: int):
