@@ -525,10 +525,7 @@ class VideoDecoder:
         if self.backend == "decord":
             keep = _thin(self.times[idx], fps, self.fps)
             try:
-                self._ahead = True
-                images = self.reader.get_batch(idx[keep]).asnumpy()
-                if self._halve:
-                    images = _halve(images)
+                images = self._read(idx[keep])
                 return Frames(images=images, times=self.times[idx[keep]], fps=self.fps,
                               indices=idx[keep], scale=self.scale)
             except self._decord.DECORDError:
@@ -540,6 +537,17 @@ class VideoDecoder:
         keep = _thin(self.times[idx], fps, self.fps)
         return Frames(images=images[keep], times=self.times[idx[keep]], fps=self.fps, indices=idx[keep],
                       scale=self.scale)
+
+    def _read(self, frames: np.ndarray, batch: int = 32) -> np.ndarray:
+        """The decoder's frames ``frames`` (sorted frame numbers) from decord, ``batch`` at a time into
+        one array (one get_batch of them all held its result and the numpy copy at once: twice the
+        frames). Consecutive reads go on decoding where the last one stopped: the same pictures."""
+        images = np.empty((len(frames), self.height, self.width, 3), np.uint8)
+        self._ahead = True
+        for a in range(0, len(frames), batch):
+            part = self.reader.get_batch(frames[a:a + batch]).asnumpy()
+            images[a:a + len(part)] = _halve(part) if self._halve else part
+        return images
 
     def _views(self, idx: np.ndarray, parts: tuple[FrameSpec, ...]) -> Frames:
         """One PyAV decode of the frames ``idx`` into each part's view (the whole span as one chunk
@@ -657,11 +665,8 @@ class VideoDecoder:
                     images = np.zeros((0, self.height, self.width, 3), np.uint8)
                 elif self.backend == "decord":
                     try:
-                        self._ahead = True
-                        images = self.reader.get_batch(idx[sel]).asnumpy()
+                        images = self._read(idx[sel])
                         self.pause()   # the caller works on the chunk now
-                        if self._halve:
-                            images = _halve(images)
                     except self._decord.DECORDError:   # see _span
                         self.backend = "ffmpeg"
                         if a > 0:   # windows came from decord: start again, all from ffmpeg
