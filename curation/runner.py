@@ -725,7 +725,7 @@ class Runner:
         """Videos per call of a stage without a set batch size: enough for about CALL_SECONDS of
         work (a call costs some milliseconds whatever its size: tiny videos need big batches),
         never more than an even share of the ready videos among the stage's workers."""
-        want = 4 if per_video_s is None else int(min(64, max(1, CALL_SECONDS / max(per_video_s, 1e-3))))
+        want = 1 if per_video_s is None else int(min(64, max(1, CALL_SECONDS / max(per_video_s, 1e-3))))
         return max(1, min(want, -(-ready // max(1, workers))))
 
     def _starving(self, stages, ready, inflight, buffer) -> bool:

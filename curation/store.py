@@ -10,6 +10,12 @@ all-null columns first (Lance data evolution, no rewrite of other columns) and a
 partial-schema upsert. Re-running the same upserts cannot duplicate rows, so a killed run leaves
 committed versions only.
 
+Rows an operator emits replace the video's earlier rows: :meth:`Store.append` with
+``replace_where`` deletes those and adds the new rows in one commit (``LanceOperation.Update``).
+The new rows may be fragments a worker wrote itself (:meth:`Store.write_fragments`: data files
+written, not committed; the committer passes their small metadata), so large outputs never travel
+through the committing process.
+
 Concurrent writers (two runs on one store, or several processes) are safe:
 
 - every write is retried on a Lance commit conflict, against the newest version, with exponential
@@ -337,7 +343,8 @@ class Store:
     def _deletions(ds, where: str) -> tuple[list[int], list]:
         """Fragments ``where`` empties (ids) and the others it touches (with new deletion files)."""
         hits = ds.to_table(columns=[], filter=_checked(where), with_row_id=True)["_rowid"]
-        ids = sorted({int(r) >> 32 for r in hits.to_pylist()})
+        ids = sorted({int(r) >> 32 for r in hits.to_pylist()})   # row id = fragment id << 32 | offset
+        # (address-style row ids: the store's tables do not enable Lance's stable row ids)
         removed, updated = [], []
         for fid in ids:
             new = ds.get_fragment(fid).delete(where)

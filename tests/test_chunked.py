@@ -311,7 +311,7 @@ def measure(path: Path, chunk_s: float, clips: bool = False, budget: int | None 
 def test_a_long_shot_streams_in_bounded_memory(long_shot):
     """Every native frame of a 67 s shot (2019 frames, 998 MiB decoded) through a streaming step
     that spends 50 ms per 2 s chunk. Measured: peak RSS growth 122-177 MB; decoding the span whole
-    instead: 2023 MB (test_a_long_shot_whole_span_for_comparison: decord's batch and its numpy copy);
+    instead: 2023 MB (measured with chunk_s above the shot's length: decord's batch and its numpy copy);
     without VideoDecoder.pause after each chunk (decord decoding ahead meanwhile): 573 MB."""
     m = measure(long_shot, 2.0)
     whole_bytes = m["frames"] * m["frame_bytes"]
@@ -328,15 +328,6 @@ def test_clips_of_a_long_video_in_groups_do_not_let_the_decoder_read_ahead(long_
     print("clips of a long video, a group each:", m)
     assert m["chunks"] == 4 and m["frames"] == 4 * 30
     assert m["growth_mb"] < 150
-
-
-@pytest.mark.slow
-def test_a_long_shot_whole_span_for_comparison(long_shot):
-    """The same shot decoded as one span (chunks longer than the shot): memory grows with it."""
-    m = measure(long_shot, 1e9)
-    whole_bytes = m["frames"] * m["frame_bytes"]
-    print("long shot, whole span:", m)
-    assert m["chunks"] == 1 and m["growth_mb"] > 0.9 * whole_bytes / 2**20
 
 
 # ---- people and references: chunked == whole ---------------------------------------------------------------
@@ -417,13 +408,13 @@ def test_references_chunked_equals_whole_span(vr_face1_tracks, media, models):
 
 @pytest.mark.slow
 def test_people_chunked_equals_whole_span_on_whole_clips(people_op, media):
-    """Default parameters, 1 s chunks: vr_face1 (6.1 s, one man) and dj_video4's first 9 s (two
-    women, one combing her hair); measured identical."""
-    for name, span in (("vr_face1.mp4", (0.0, 6.2)), ("dj_video4.mp4", (0.0, 9.0))):
-        video = video_of(media / name)
-        whole = people_rows(people_op, video, span, 1e9)
-        assert_same_rows(whole, people_rows(people_op, video, span, 1.0))
-        assert len(whole) == (1 if name == "vr_face1.mp4" else 2)
+    """Default parameters, 1 s chunks: dj_video4's first 5 s (two women, one combing her hair);
+    measured identical (also on vr_face1 0-6.2 s and dj_video4 0-9 s, left out to keep the suite
+    short)."""
+    video = video_of(media / "dj_video4.mp4")
+    whole = people_rows(people_op, video, (0.0, 5.0), 1e9)
+    assert_same_rows(whole, people_rows(people_op, video, (0.0, 5.0), 1.0))
+    assert len(whole) == 2
 
 
 @pytest.mark.slow
