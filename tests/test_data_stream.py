@@ -29,8 +29,9 @@ def keys(batch):
 
 def global_batches(uri, world, seed, epochs=1, **kw):
     """Every global step's windows, ranks' shares put together in rank order."""
-    per_rank = [list(ClipStream(uri, window_s=1.0, seed=seed, rank=r, world_size=world,
-                                epochs=epochs, **kw).iter_steps()) for r in range(world)]
+    kw.setdefault("window_s", 1.0)
+    per_rank = [list(ClipStream(uri, seed=seed, rank=r, world_size=world, epochs=epochs,
+                                **kw).iter_steps()) for r in range(world)]
     steps = {len(p) for p in per_rank}
     assert len(steps) == 1, f"ranks have different step counts: {steps}"
     return [sum((keys(p[s]) for p in per_rank), []) for s in range(steps.pop())]
@@ -123,3 +124,79 @@ def test_resume_after_a_kill_on_another_world_size_gives_the_same_later_batches(
             ranks.append(list(t.iter_steps()))
         resumed = [digest(sum((ranks[r][i] for r in range(3)), [])) for i in range(len(ranks[0]))]
         assert resumed == full[stop:]
+
+
+PROFILE = """name: synth
+window_s: 1.0
+checks:
+  - duration: {}
+  - sampling_fps: {min_ratio: 0.9}
+  - resolution: {min_short_side: 64}
+  - brightness: {min_mean: 30, max_mean: 225, max_dark_frames: 0.2, max_bright_frames: 0.2}
+  - black_white: {max_black: 0.4, max_white: 0.3}
+  - border: {max_total: 0.1}
+  - frame_jumps: {max_jumps: 0}
+  - motion_intensity: {min: 0.0, max: 400.0}
+  - audio: {min_rms_db: -50}
+"""
+# why each generated kind fails (window starts in seconds; the cut / jump is at 2.48 s)
+EXPECTED = {"c": ("brightness", {0.0, 1.0}), "f": ("border", {0.0, 1.0}), "g": ("audio", {0.0, 1.0}),
+            "d": ("frame_jumps", {2.0}), "e": ("frame_jumps", {2.0})}
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory):
+    p = tmp_path_factory.mktemp("profile") / "synth.yaml"
+    p.write_text(PROFILE)
+    return str(p)
+
+
+def _name(clip_id: str) -> str:
+    return clip_id.split(":")[0].split("_")[1]
+
+
+def test_online_rejections_are_replaced_deterministically_for_the_expected_reasons(synth, profile):
+    uri, _ = synth
+    kw = dict(profile=profile, verdicts=False)
+    ref = global_batches(uri, 1, 5, **kw)
+    assert global_batches(uri, 3, 5, **kw) == ref                   # replacements are topology-free
+    assert len(ref) == ClipStream(uri, window_s=1.0, seed=5).steps_per_epoch()   # same step count
+    reasons = {}
+    for x in ClipStream(uri, epochs=1, window_s=1.0, seed=5, **kw):
+        assert not (_name(x["clip_id"]) in EXPECTED and x["start_s"] in EXPECTED[_name(x["clip_id"])][1])
+        for r in x["replaced"]:
+            reasons[(_name(r["clip_id"]), r["start_s"])] = r["reason"].split(":")[0]
+    assert reasons, "no planned window was rejected: the test store lost its bad clips"
+    for (name, start), check in reasons.items():
+        assert name in EXPECTED and EXPECTED[name][0] == check and start in EXPECTED[name][1]
+
+
+def test_offline_validate_writes_verdicts_and_the_loader_plans_without_them(synth, profile):
+    import json
+
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+    from curation.store import Store
+    uri, _ = synth
+    res = CliRunner().invoke(app, ["validate", "--store", uri, "--profile", profile, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["profile"] == "synth" and out["candidates"] == 23
+    left = out["candidates"]
+    for row in out["funnel"]:                                       # consistent from N down to K
+        assert row["remaining"] == left - row["removed"]
+        left = row["remaining"]
+    assert left == out["kept"] == 23 - 2 - 2 - 2 - 1 - 1
+    rows = Store(uri).query("windows", "NOT kept").to_pylist()
+    got = {(_name(r["clip_id"]), r["start_s"]): r["failed_check"] for r in rows}
+    assert got == {(n, s): c for n, (c, starts) in EXPECTED.items() for s in starts}
+    assert all(r["reason"].startswith(r["failed_check"]) and r["checks"][-1]["keep"] is False for r in rows)
+    # the loader leaves the rejected windows out: every kept window exactly once, nothing replaced
+    stream = ClipStream(uri, window_s=1.0, seed=2, profile=profile, epochs=1, divisible_by=1,
+                        batch_windows=1)
+    seen = [(x["clip_id"], x["start_s"], x["replaced"]) for x in stream]
+    assert len(seen) == len({s[:2] for s in seen}) == out["kept"] and not any(s[2] for s in seen)
+    shown = CliRunner().invoke(app, ["show", "--store", uri, [r["clip_id"] for r in rows
+                                                            if r["failed_check"] == "border"][0]])
+    assert "border bars cover 0.333" in shown.stdout

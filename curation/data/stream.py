@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 MAX_ATTEMPTS = 100        # candidates tried for one slot before the stream gives up (Energon: 100)
 PLAN_COLUMNS = ["clip_id", "video_id", "start_s", "end_s", "width", "height"]
+TRACK_COLUMNS = ["track_id", "frame_times_s", "face_boxes", "person_boxes", "composition", "hands_ratio"]
 
 
 class StreamError(RuntimeError):
@@ -65,14 +66,16 @@ class ClipStream(IterableDataset):
     has a multiple of this many windows (the world sizes that divide it can share it evenly).
     ``rank`` / ``world_size``: default torch.distributed's, else the RANK / WORLD_SIZE variables,
     else 0 / 1. ``epochs``: None = endless. ``validate``: run the profile's checks on each window
-    (a rejected window is replaced, see :func:`curation.data.plan.replacements`)."""
+    (a rejected window is replaced, see :func:`curation.data.plan.replacements`); ``verdicts``: leave
+    the windows ``curation validate`` rejected for the profile out of the plan."""
 
     def __init__(self, store, where: str | None = None, profile: str | None = None,
                  window_s: float | tuple[float, float] = 2.0, seed: int = 0, fps: float = 25.0,
                  size: tuple[int, int] | None = None, *, stride_s: float | None = None,
                  batch_tokens: int | None = None, batch_windows: int = 6, divisible_by: int = 6,
                  rank: int | None = None, world_size: int | None = None, epochs: int | None = None,
-                 validate: bool = True, max_references: int = 4, backend: str = DEFAULT_BACKEND):
+                 validate: bool = True, verdicts: bool = True, max_references: int = 4,
+                 backend: str = DEFAULT_BACKEND):
         from curation.store import Store
         from curation.validate.profile import load_profile
         self.uri = store.uri if isinstance(store, Store) else str(store)
@@ -96,7 +99,7 @@ class ClipStream(IterableDataset):
             raise StreamError(f"no clips table in {self.uri}")
         self._reset_caches()
         self.epoch, self.step, self.offset = 0, 0, 0
-        self.known_drops = self._known_drops()
+        self.known_drops = self._known_drops() if verdicts else set()
         self.windows = self._cut()
         if not self.windows:
             raise StreamError(f"no window of {window_s} s in the clips matching {self.where!r}")
@@ -137,8 +140,8 @@ class ClipStream(IterableDataset):
             return set()
         from curation.store import sql_quote
         t = self._query("windows", f"profile = {sql_quote(self.profile.name)} AND NOT kept "
-                                   f"AND fps = {self.fps!r}", ["clip_id", "nominal_s", "frames"])
-        return {(r["clip_id"], round(r["nominal_s"], 4), r["frames"]) for r in t.to_pylist()}
+                                   f"AND fps = {self.fps!r}", ["clip_id", "start_s", "frames"])
+        return {(r["clip_id"], round(r["start_s"], 4), r["frames"]) for r in t.to_pylist()}
 
     def _text_report(self) -> list[str]:
         names = set(self._store.dataset("clips", self.versions["clips"]).schema.names)
@@ -326,8 +329,8 @@ class ClipStream(IterableDataset):
         s = self._store
         if not s.exists("tracks"):
             return None
-        rows = s.query("tracks", f"track_id = {sql_quote(clip['track_id'])}",
-                       ["track_id", "frame_times_s", "face_boxes", "person_boxes"]).to_pylist()
+        cols = [c for c in TRACK_COLUMNS if c in s.schema("tracks").names]
+        rows = s.query("tracks", f"track_id = {sql_quote(clip['track_id'])}", cols).to_pylist()
         return rows[0] if rows else None
 
     # ---- resume ---------------------------------------------------------------------------------------
