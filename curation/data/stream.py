@@ -176,23 +176,26 @@ class ClipStream(IterableDataset):
 
     def iter_steps(self, worker: int = 0, workers: int = 1) -> Iterator[list[dict]]:
         """This rank's share of each global step, as lists of samples, from the current position;
-        with ``workers`` > 1 only the steps s with s % workers == worker (DataLoader workers)."""
+        with ``workers`` > 1 only every ``workers``-th step from it, starting at ``worker`` (a
+        DataLoader's round-robin over its workers puts them back in order)."""
         for _, _, batch, _, _ in self._steps(worker, workers):
             yield batch
 
     def _steps(self, worker: int, workers: int):
-        epoch, step, skip = self.epoch, self.step, self.offset
+        epoch, step, start = self.epoch, self.step, (self.epoch, self.step, self.offset)
+        g = -1   # steps counted from the start position, across epochs: worker g % workers has it
         while self.epochs is None or epoch < self.epochs:
             plan = self.plan(epoch)
             for s in range(step, len(plan.batches)):
-                if s % workers != worker:
+                g += 1
+                if g % workers != worker:
                     continue
+                skip = start[2] if (epoch, s) == start[:2] else 0   # resumed inside this step
                 share = rank_share(plan.batches[s], self.rank, self.world_size)
                 first = self.rank * len(share)
                 batch = [self._sample(plan, s, first + j, i) for j, i in enumerate(share) if j >= skip]
                 if batch:
                     yield epoch, s, batch, skip, len(share)
-                skip = 0
             epoch, step = epoch + 1, 0
             self.epoch, self.step, self.offset = epoch, 0, 0
 
