@@ -464,6 +464,20 @@ class Store:
         except Exception as e:
             raise StoreError(f"bad query on {table} ({_short(where)!r}): {_clean(e)}") from e
 
+    def query_blobs(self, table: str, blob: str, where: str | None = None,
+                    columns: Sequence[str] = (), version: int | str | None = None) -> list[dict]:
+        """Rows matching ``where`` with ``columns`` and the bytes of the blob column ``blob`` (a
+        query returns a blob column's descriptors, not its bytes; null blobs give None)."""
+        ds = self.dataset(table, version=version)
+        t = ds.to_table(columns=list(columns), filter=_checked(where), with_row_id=True)
+        rows = t.to_pylist()
+        if not rows:
+            return []
+        files = ds.take_blobs(blob, ids=[r.pop("_rowid") for r in rows])
+        for r, f in zip(rows, files):
+            r[blob] = None if f is None else f.read()
+        return rows
+
     def count(self, table: str, where: str | None = None) -> int:
         where = _checked(where)
         ds = self._open(table)

@@ -109,7 +109,7 @@ class ClipStream(IterableDataset):
     # ---- pickling: workers rebuild caches (and reopen the store) ------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_store", "_rows", "_videos", "_features", "_refs", "_plans"):
+        for k in ("_store", "_rows", "_videos", "_features", "_refs", "_plans", "_threads"):
             state.pop(k, None)
         return state
 
@@ -123,6 +123,7 @@ class ClipStream(IterableDataset):
         self._rows, self._videos = _Cache(512), _Cache(64)
         self._features, self._refs = _Cache(4), _Cache(256)
         self._plans = _Cache(2)
+        self._threads = None
 
     # ---- the selection ------------------------------------------------------------------------------
     def _query(self, table: str, where: str | None, columns=None):
@@ -226,12 +227,15 @@ class ClipStream(IterableDataset):
         clip = self.clip_row(w.clip_id)
         video = self.video_row(w.video_id or clip["video_id"])
         from curation.media import local_path
+        n_audio = int(round(w.frames / self.fps * cond.SR))
         with local_path(video["uri"]) as path:
+            # the audio around the window decodes in a thread while the frames decode (both
+            # release the GIL); the window's samples are cut from it at the first frame's pts
+            audio = self._pool().submit(self._mix, path, video, w.start_s, n_audio)
             wf = read_window(path, w.start_s, w.frames, self.fps, self.size, self.backend,
                              int(video.get("rotation") or 0))
             start = float(wf.pts[0]) if len(wf.pts) else w.start_s
-            n_audio = int(round(w.frames / self.fps * cond.SR))
-            audio = self._mix(path, video, start, n_audio)
+            audio = cond.cut_audio(*audio.result(), start, n_audio)
         sample = {"clip_id": w.clip_id, "video_id": clip["video_id"], "start_s": start,
                   "fps": self.fps, "frames": wf.images, "audio": audio, "window_index": w.index,
                   "pts": wf.pts, "has_audio": bool(video.get("has_audio"))}
@@ -244,11 +248,22 @@ class ClipStream(IterableDataset):
         self._conditions(sample, clip, w, wf.pts)
         return sample, None
 
-    def _mix(self, path: str, video: dict, start: float, n: int) -> np.ndarray:
+    def _mix(self, path: str, video: dict, nominal: float, n: int) -> tuple[np.ndarray, int]:
+        """(samples, index of the first) of the mix from 0.2 s before the window's nominal start to
+        0.5 s past its end: the first frame is at most a frame after the nominal start. Starting on
+        a whole sample keeps the cut at round(pts * 16000) exact."""
+        first = max(0, int(np.floor((nominal - 0.2) * cond.SR)))
         if not video.get("has_audio"):
-            return np.zeros(n, np.float32)
+            return np.zeros(0, np.float32), first
         from curation.media import load_audio
-        return cond.fit(load_audio(path, cond.SR, start_s=start, duration_s=n / cond.SR), n)
+        return load_audio(path, cond.SR, start_s=first / cond.SR,
+                          duration_s=(n + int(0.7 * cond.SR)) / cond.SR), first
+
+    def _pool(self):
+        if self._threads is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._threads = ThreadPoolExecutor(1, thread_name_prefix="clipstream-audio")
+        return self._threads
 
     def _conditions(self, sample: dict, clip: dict, w: Window, pts: np.ndarray) -> None:
         start, n = sample["start_s"], len(sample["audio"])
@@ -289,8 +304,9 @@ class ClipStream(IterableDataset):
         from curation.store import sql_quote
         if "audio_features" not in self._store.dataset("videos", self.versions["videos"]).schema.names:
             return None
-        cols = ["audio_features", "audio_features_shape", "audio_features_hz", "audio_features_start_s"]
-        rows = self._query("videos", f"video_id = {sql_quote(video_id)}", cols).to_pylist()
+        cols = ["audio_features_shape", "audio_features_hz", "audio_features_start_s"]
+        rows = self._store.query_blobs("videos", "audio_features", f"video_id = {sql_quote(video_id)}",
+                                       cols, version=self.versions["videos"])
         r = rows[0] if rows else {}
         if not r.get("audio_features"):
             return None
@@ -306,8 +322,9 @@ class ClipStream(IterableDataset):
                  else f"clip_id = {sql_quote(clip['clip_id'])}")
 
         def load():
-            t = self._query("references", _and(where, "error IS NULL AND image IS NOT NULL"),
-                            ["ref_id", "kind", "score", "image"]).to_pylist()
+            t = self._store.query_blobs("references", "image", _and(where, "error IS NULL"),
+                                        ["ref_id", "kind", "score"], version=self.versions["references"])
+            t = [r for r in t if r["image"]]
             t.sort(key=lambda r: (r["kind"] != "global", -(r["score"] or 0), r["ref_id"]))
             images = [cond.decode_jpeg(r["image"]) for r in t[: self.max_references]]
             return [im for im in images if im is not None]
