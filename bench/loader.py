@@ -5,7 +5,7 @@ of its token buckets.
     .venv/bin/python bench/loader.py --media ../shared/media [--workers 0,2] [--memory-windows 20000]
 
 1. **Delivered windows per second** (``ClipStream`` / ``make_loader``: decode, audio, states,
-   conditions, online checks of ``--profile``) over one epoch of 2 s windows of the shared clips (a
+   conditions, online checks of ``--profile``) over ``--epochs`` epochs of 2 s windows of the shared clips (a
    store made with probe + shots + clips + audio_features, or ``--store``), as a ratio to a bare
    decode of the same windows (``curation.data.decode.read_window`` alone, same backend, same size)
    on the same cores: in one process (0 workers), and with W processes each side (the loader's
@@ -55,56 +55,67 @@ def _bare(job):
     return len(read_window(path, start, n, fps, size).images)
 
 
-def bare_jobs(stream) -> list:
-    plan = stream.plan(0)
+def bare_jobs(stream, epochs: int) -> list:
     jobs = []
-    for b in plan.batches:
+    for b in (b for e in range(epochs) for b in stream.plan(e).batches):
         for i in b:
             w = stream.windows[i]
             jobs.append((stream.video_row(w.video_id)["uri"], w.start_s, w.frames, stream.fps, stream.size))
     return jobs
 
 
-def run_bare(jobs, workers: int) -> float:
+def run_bare(jobs, workers: int) -> tuple[float, float]:
+    """(seconds in all, seconds from the first window to the last)."""
     t0 = time.perf_counter()
+    first = None
     if workers:
         with mp.get_context("spawn").Pool(workers) as pool:
-            list(pool.imap(_bare, jobs, chunksize=1))
+            for _ in pool.imap(_bare, jobs, chunksize=1):
+                first = first or time.perf_counter()
     else:
-        list(map(_bare, jobs))
-    return time.perf_counter() - t0
+        for job in jobs:
+            _bare(job)
+            first = first or time.perf_counter()
+    end = time.perf_counter()
+    return end - t0, end - first
 
 
-def run_loader(make, workers: int) -> tuple[float, int]:
+def run_loader(make, workers: int) -> tuple[float, float, int]:
     from curation.data.loader import make_loader
     t0 = time.perf_counter()
-    n = sum(len(b["clip_id"]) for b in make_loader(make(), num_workers=workers))
-    return time.perf_counter() - t0, n
+    first, n = None, 0
+    for b in make_loader(make(), num_workers=workers):
+        n += len(b["clip_id"])
+        first = first or (time.perf_counter(), n)
+    end = time.perf_counter()
+    return end - t0, (end - first[0]) * n / max(1, n - first[1]), n
 
 
 def throughput(args, store: str) -> None:
     from curation.data import ClipStream
 
     def make():
-        return ClipStream(store, profile=args.profile, window_s=2.0, seed=0, epochs=1, size=args.size,
-                          divisible_by=1, batch_windows=2, verdicts=False)
-    jobs = bare_jobs(make())
+        return ClipStream(store, profile=args.profile, window_s=2.0, seed=0, epochs=args.epochs,
+                          size=args.size, divisible_by=1, batch_windows=2, verdicts=False)
+    jobs = bare_jobs(make(), args.epochs)
     print(f"\n## delivered windows / s vs bare decode ({len(jobs)} windows of 2 s at 25 fps, "
           f"size {args.size or 'native'}, profile {args.profile}; load average {os.getloadavg()[0]:.1f})\n")
-    print("| workers | bare decode windows/s | loader windows/s | ratio |\n|---|---|---|---|")
+    print("| workers | bare decode windows/s | loader windows/s | ratio | ratio after the first window |")
+    print("|---|---|---|---|---|")
     for workers in args.workers:
-        bare, load = [], []
+        res = {"bare": [], "loader": []}
         for r in range(args.repeats):
             order = ("bare", "loader") if r % 2 == 0 else ("loader", "bare")
             for what in order:
                 if what == "bare":
-                    bare.append(len(jobs) / run_bare(jobs, workers))
+                    res["bare"].append(run_bare(jobs, workers))
                 else:
-                    sec, n = run_loader(make, workers)
+                    whole, steady, n = run_loader(make, workers)
                     assert n == len(jobs), (n, len(jobs))
-                    load.append(n / sec)
-        b, lo = statistics.median(bare), statistics.median(load)
-        print(f"| {workers} | {b:.2f} | {lo:.2f} | **{lo / b:.2f}** |")
+                    res["loader"].append((whole, steady))
+        b = [statistics.median(len(jobs) / x[k] for x in res["bare"]) for k in (0, 1)]
+        lo = [statistics.median(len(jobs) / x[k] for x in res["loader"]) for k in (0, 1)]
+        print(f"| {workers} | {b[0]:.2f} | {lo[0]:.2f} | **{lo[0] / b[0]:.2f}** | {lo[1] / b[1]:.2f} |")
 
 
 def rss_mb() -> float:
@@ -163,6 +174,7 @@ def main() -> None:
     ap.add_argument("--profile", default=None, help="validate online with this profile (default none)")
     ap.add_argument("--workers", default="0,2")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of the throughput runs")
     ap.add_argument("--size", default=None, help="HxW (default native)")
     ap.add_argument("--memory-windows", type=int, default=20000)
     ap.add_argument("--batch-tokens", type=int, default=256 * 256 * 150 * 16)

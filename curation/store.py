@@ -131,6 +131,9 @@ class Store:
         self.compact_fragments = COMPACT_FRAGMENTS
         # nothing is created until the first write (reading a wrong path must not make a store)
 
+    def __getstate__(self):   # opened datasets stay in their process
+        return {k: v for k, v in self.__dict__.items() if k != "_versions"}
+
     @property
     def is_local(self) -> bool:
         return "://" not in self.uri or self.uri.startswith("file://")
@@ -169,7 +172,15 @@ class Store:
             return None
 
     def dataset(self, table: str, version: int | str | None = None):
-        ds = self._open(table, version)
+        if isinstance(version, int):   # a numbered version never changes: open it once
+            cache = self.__dict__.setdefault("_versions", {})
+            if (table, version) not in cache:
+                cache[(table, version)] = self._open(table, version)
+            ds = cache[(table, version)]
+            if ds is None:
+                del cache[(table, version)]
+        else:
+            ds = self._open(table, version)
         if ds is None:
             raise StoreError(f"table {table!r} not found in store {self.uri}"
                              + (f" (version {version!r})" if version is not None else ""))

