@@ -43,6 +43,11 @@ def stages(store: Store) -> tuple[dict, list[Stage]]:
         filters = (yaml.safe_load(run["workflow_yaml"]) or {}).get("filters") or []
     out = [Stage(ERRORS_STAGE, "error IS NULL")]
     out += [Stage(f.get("name", f"filter_{i + 1}"), f["where"]) for i, f in enumerate(filters)]
+    try:   # usually all of them apply: one projection checks them together
+        store.evaluate("clips", {f"s{i}": f"({s.where})" for i, s in enumerate(out)}, limit=1)
+        return info, out
+    except StoreError:
+        pass
     for s in out:
         try:
             store.evaluate("clips", {"ok": f"({s.where})"}, limit=1)
