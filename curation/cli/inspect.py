@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
             for r in rows:
                 if r["table"] != current:
                     current = r["table"]
-                    print(f"\n#### {current}\n\n| column | type | written by |\n|---|---|---|")
+                    print(f"\n## {current}\n\n| column | type | written by |\n|---|---|---|")
                 print(f"| {r['column']} | {r['type']} | {r['writer']} |")
             return
         view = Table()
