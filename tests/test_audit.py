@@ -463,3 +463,61 @@ def test_the_funnel_page_draws_the_chart_and_each_threshold(conv_site, browser):
         ("duration_s", 2.0), ("discard_ratio", 0.2), ("sync_confidence", 1.0), ("ABS(sync_offset_frames)", 3.0)])
     for h in hists:
         assert len(h.find_elements(By.CSS_SELECTOR, "line.threshold")) == 1
+
+
+@pytest.mark.slow
+def test_role_audio_switches_where_the_store_has_them(conv_site, browser):
+    from selenium.webdriver.common.by import By
+    site, st, clips = conv_site
+    [vr] = clips["vr_face1.mp4"]
+    open_page(browser, site.url + "/clip/" + urllib.parse.quote(vr["clip_id"]))
+    assert all(browser.find_element(By.ID, f"audio-{m}").is_enabled() for m in ("mix", "speaker", "listener"))
+    browser.find_element(By.ID, "audio-speaker").click()
+    src, muted = browser.execute_script(
+        "return [document.getElementById('role-audio').src, document.getElementById('video').muted]")
+    assert muted and src.endswith("/media/audio/" + urllib.parse.quote(vr["clip_id"]) + "/speaker")
+    status, headers, body = site.get(urllib.parse.urlparse(src).path)
+    assert status == 200 and body == Path(vr["speaker_audio_uri"]).read_bytes()   # the stored WAV itself
+    [lp_d0] = clips["lp_d0.mp4"]                       # no audio stream: no switches, no waveform
+    open_page(browser, site.url + "/clip/" + urllib.parse.quote(lp_d0["clip_id"]))
+    assert not browser.find_element(By.ID, "audio-speaker").is_enabled()
+    assert not browser.find_element(By.ID, "audio-mix").is_enabled()
+    assert "no audio" in browser.find_element(By.ID, "wave").text
+    assert browser.find_element(By.ID, "fate").get_attribute("data-fate") == "annotation errors"
+    assert browser.find_element(By.ID, "error").text == ""
+
+
+def test_a_video_the_browser_cannot_play_is_re_encoded_for_the_page(tmp_path, media, browser):
+    """pf_face_noface.mov is HEVC: the page gets the clip's span as H.264 (made once, in the server's
+    temporary directory, not the store) and plays it, its timeline shifted to the clip's start."""
+    src = media / "pf_face_noface.mov"
+    p = probe(str(src))
+    st = Store(str(tmp_path / "store"))
+    st.upsert("videos", [{"video_id": "hevc", "uri": str(src), **{k: p[k] for k in (
+        "duration_s", "fps", "width", "height", "rotation", "video_codec", "audio_codec", "has_audio")}}])
+    st.upsert("clips", [{"clip_id": "hevc:0:0", "video_id": "hevc", "shot_index": 0, "clip_index": 0,
+                         "clip_kind": "shot", "start_s": 0.5, "end_s": 1.7, "duration_s": 1.2}])
+    assert p["video_codec"] == "hevc"
+    site = Site(st.uri)
+    try:
+        _, data = site.json("/api/clip/hevc%3A0%3A0")
+        assert data["media"] == {"src": "/media/clip/hevc%3A0%3A0", "offset": 0.5, "transcoded": True}
+        status, _, body = site.get(data["media"]["src"])
+        (tmp_path / "served.mp4").write_bytes(body)
+        served = probe(str(tmp_path / "served.mp4"))
+        assert status == 200 and served["video_codec"] == "h264" and served["duration_s"] == pytest.approx(1.2, abs=0.05)
+        open_page(browser, site.url + "/clip/hevc%3A0%3A0")
+        deadline = time.time() + 60
+        while not browser.execute_script("const v = document.getElementById('video');"
+                                         "return v.readyState >= 2 && v.videoWidth > 0"):
+            assert time.time() < deadline, "the re-encoded clip did not load"
+            time.sleep(0.1)
+        played = browser.execute_async_script("""
+            const done = arguments[0], v = document.getElementById('video');
+            v.muted = true;
+            v.play().then(() => setTimeout(() => { v.pause(); done([v.videoWidth, v.currentTime]); }, 500),
+                          e => done([0, String(e)]));""")
+        assert played[0] == p["width"] and played[1] > 0.2, played     # it plays
+        assert not any(f.name.endswith(".mp4") for f in (tmp_path / "store").rglob("*"))
+    finally:
+        site.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from urllib.parse import quote
 
 import numpy as np
 
@@ -139,9 +140,10 @@ def detail(store: Store, store_uri: str, clip_id: str) -> dict:
     info, stages = funnel.stages(store)
     verdicts = funnel.verdicts(store, stages, clip_id)
     fate = next((v["stage"] for v in verdicts if v["applied"] and v.get("passed") is not True), "kept")
-    media = {"src": f"/media/video/{video.get('video_id')}", "offset": 0.0, "transcoded": False}
+    q = lambda key: quote(str(key), safe="")  # noqa: E731 - ids as one URL path segment
+    media = {"src": f"/media/video/{q(video.get('video_id'))}", "offset": 0.0, "transcoded": False}
     if not video or not playable(video):
-        media = {"src": f"/media/clip/{clip_id}", "offset": start, "transcoded": True}
+        media = {"src": f"/media/clip/{q(clip_id)}", "offset": start, "transcoded": True}
     return plain({
         "clip": {k: v for k, v in clip.items() if not isinstance(v, (bytes, bytearray))},
         "video": {k: video.get(k) for k in ("video_id", "uri", "width", "height", "fps", "duration_s",
@@ -153,8 +155,8 @@ def detail(store: Store, store_uri: str, clip_id: str) -> dict:
                              for s in _spans_in(video.get("asr_sentences"), start, end)]},
         "media": media,
         "audio": {"mix": bool(video.get("has_audio")),
-                  "speaker": f"/media/audio/{clip_id}/speaker" if clip.get("speaker_audio_uri") else None,
-                  "listener": f"/media/audio/{clip_id}/listener" if clip.get("listener_audio_uri") else None},
+                  "speaker": f"/media/audio/{q(clip_id)}/speaker" if clip.get("speaker_audio_uri") else None,
+                  "listener": f"/media/audio/{q(clip_id)}/listener" if clip.get("listener_audio_uri") else None},
         "tracks": tracks_of(store, clip),
         "timelines": timelines_of(store, clip),
         "references": references_of(store, clip),
