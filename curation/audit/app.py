@@ -45,7 +45,7 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOOPBACK = ("127.0.0.1", "localhost")   # (an IPv6 --host gets no Host check)
 
 
 def _static_file(name: str) -> str:
@@ -53,74 +53,75 @@ def _static_file(name: str) -> str:
 
 
 def _not_found(detail: str = "not found") -> JSONResponse:
-    return JSONResponse({"error": detail}, status_code=404)
+    return JSONResponse({"error": detail}, status_code=404, headers=HEADERS)
 
 
 def _bad(e: Exception) -> JSONResponse:
-    return JSONResponse({"error": one_line(e)}, status_code=400)
+    return JSONResponse({"error": one_line(e)}, status_code=400, headers=HEADERS)
 
 
-def build_app(store_uri: str, host: str = "127.0.0.1") -> Starlette:
-    """The app over the store at ``store_uri``; served on ``host`` (Host headers are checked
-    against it when it is a loopback address, so a web page elsewhere cannot rebind to it)."""
-    store = Store(store_uri)
-    files = Files(store)
+class Handlers:
+    """The request handlers over one store (read only) and its servable files."""
 
+    def __init__(self, store_uri: str):
+        self.uri = store_uri
+        self.store = Store(store_uri)
+        self.files = Files(self.store)
+
+    @staticmethod
     def page(name: str):
         async def handler(request: Request) -> Response:
             return FileResponse(_static_file(name), media_type=STATIC[name], headers=HEADERS)
         return handler
 
-    async def static(request: Request) -> Response:
+    async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
-        if name not in STATIC:
+        if name not in STATIC:   # a fixed list of names: no path reaches the file system
             return _not_found()
         return FileResponse(_static_file(name), media_type=STATIC[name], headers=HEADERS)
 
-    def api_clips(request: Request) -> Response:
+    def clips(self, request: Request) -> Response:
         q = request.query_params
         try:
             cols = [c.strip() for c in q["columns"].split(",") if c.strip()] if q.get("columns") else None
-            data = grid.clip_page(store, where=q.get("where"), tab=q.get("tab") or "all",
+            data = grid.clip_page(self.store, where=q.get("where"), tab=q.get("tab") or "all",
                                   sort=q.get("sort") or None, descending=q.get("desc") in ("1", "true"),
                                   limit=int(q.get("limit") or 50), offset=int(q.get("offset") or 0),
                                   columns=cols)
         except (InvalidFilter, StoreError, ValueError) as e:
             return _bad(e)
-        data["store"] = store_uri
-        return _json(data)
+        return _json(data | {"store": self.uri})
 
-    def api_funnel(request: Request) -> Response:
-        info, stages = funnel.stages(store)
-        rows = funnel_rows(store, info["workflow_yaml"]) if info.get("run_id") else []
-        if not rows and store.exists("clips"):
-            rows = funnel_rows(store, "")
+    def funnel(self, request: Request) -> Response:
+        info, stages = funnel.stages(self.store)
+        rows = funnel_rows(self.store, info["workflow_yaml"]) if self.store.exists("clips") else []
         tabs = ["all", "kept"] + [s.name for s in stages if s.applied]
-        return _json({"store": store_uri, "run_id": info.get("run_id"), "workflow": info.get("workflow"),
+        return _json({"store": self.uri, "run_id": info.get("run_id"), "workflow": info.get("workflow"),
                       "funnel": rows, "tabs": tabs})
 
-    def api_histograms(request: Request) -> Response:
-        _, stages = funnel.stages(store)
-        return _json({"histograms": funnel.histograms(store, stages)})
+    def histograms(self, request: Request) -> Response:
+        _, stages = funnel.stages(self.store)
+        return _json({"histograms": funnel.histograms(self.store, stages)})
 
-    def api_clip(request: Request) -> Response:
+    def clip(self, request: Request) -> Response:
         try:
-            return _json(clip_data.detail(store, store_uri, request.path_params["clip_id"]))
+            return _json(clip_data.detail(self.store, self.uri, request.path_params["clip_id"]))
         except KeyError:
             return _not_found("no such clip")
 
-    def api_waveform(request: Request) -> Response:
-        cid = request.path_params["clip_id"]
+    def waveform(self, request: Request) -> Response:
         try:
-            c = clip_data.one_clip(store, cid)
-            path = files.video(c["video_id"])
-            return _json(clip_data.waveform(path, c["start_s"], c["end_s"]))
+            c = clip_data.one_clip(self.store, request.path_params["clip_id"])
+            return _json(clip_data.waveform(self.files.video(c["video_id"]), c["start_s"], c["end_s"]))
         except (KeyError, NotServed):
             return _not_found("no audio for this clip")
-        except StoreError as e:
+        except StoreError as e:   # no audio stream: an empty waveform and why
             return _json({"error": one_line(e), "min": [], "max": []})
 
-    def media(kind: str):
+    def media(self, kind: str):
+        """Files found through the store by key (curation/audit/files.py); anything else is a 404."""
+        files = self.files
+
         def handler(request: Request) -> Response:
             p = request.path_params
             try:
@@ -139,26 +140,36 @@ def build_app(store_uri: str, host: str = "127.0.0.1") -> Starlette:
                 return _not_found()
         return handler
 
-    routes = [
-        Route("/", page("grid.html")), Route("/funnel", page("funnel.html")),
-        Route("/clip/{clip_id}", page("clip.html")), Route("/static/{name}", static),
-        Route("/api/clips", api_clips), Route("/api/funnel", api_funnel),
-        Route("/api/histograms", api_histograms), Route("/api/clip/{clip_id}", api_clip),
-        Route("/api/waveform/{clip_id}", api_waveform),
-        Route("/thumb/{clip_id}", media("thumb")), Route("/media/video/{video_id}", media("video")),
-        Route("/media/clip/{clip_id}", media("clip")), Route("/media/audio/{clip_id}/{role}", media("audio")),
-        Route("/media/ref/{ref_id}", media("ref")),
-    ]
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", self.page("grid.html")), Route("/funnel", self.page("funnel.html")),
+            Route("/clip/{clip_id}", self.page("clip.html")), Route("/static/{name}", self.static),
+            Route("/api/clips", self.clips), Route("/api/funnel", self.funnel),
+            Route("/api/histograms", self.histograms), Route("/api/clip/{clip_id}", self.clip),
+            Route("/api/waveform/{clip_id}", self.waveform),
+            Route("/thumb/{clip_id}", self.media("thumb")), Route("/media/video/{video_id}", self.media("video")),
+            Route("/media/clip/{clip_id}", self.media("clip")),
+            Route("/media/audio/{clip_id}/{role}", self.media("audio")),
+            Route("/media/ref/{ref_id}", self.media("ref")),
+        ]
+
+
+def build_app(store_uri: str, host: str = "127.0.0.1") -> Starlette:
+    """The app over the store at ``store_uri``, served on ``host``. On a loopback address the Host
+    header must name it too (127.0.0.1 or localhost), so a web page elsewhere cannot reach the app
+    by rebinding a name of its own to 127.0.0.1."""
+    h = Handlers(store_uri)
     middleware = []
     if host in LOOPBACK:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]"]))
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"]))
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        files.close()   # the thumbnails and re-encoded spans of this server
+        h.files.close()   # the thumbnails and re-encoded spans of this server
 
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={404: _404})
-    app.state.store, app.state.files = store, files
+    app = Starlette(routes=h.routes(), middleware=middleware, lifespan=lifespan, exception_handlers={404: _404})
+    app.state.store, app.state.files = h.store, h.files
     return app
 
 
