@@ -12,7 +12,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = Path(os.environ.get("CURATION_MEDIA", ROOT.parent / "shared" / "media"))
 MODELS = Path(os.environ.get("CURATION_MODELS", ROOT.parent / "shared" / "models"))
-CURATION = str(Path(sys.executable).parent / "curation")
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +44,32 @@ def bad_inputs(tmp_path_factory, media) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def conversation_store(tmp_path_factory, media, models):
+    """The conversation workflow run once per session (minutes of CPU) on vr_face1 (one woman
+    talking), lp_d3 (grimaces, no speech), lp_d0 (no audio stream) and dj_video4 from 13 s (the
+    woman in front talks, the one behind combs her hair), by the command a user runs, in a process
+    of its own (in-process, without Ray: the step order is fixed). Shared by test_conversation.py
+    and test_audit.py. Returns (store, run summary, person clips by file name, directory)."""
+    from curation.store import Store
+    d = tmp_path_factory.mktemp("conv")
+    dj = d / "dj_video4_tail.mp4"      # 13-22.4 s: the talking part, both women in frame
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", "13", "-i", str(media / "dj_video4.mp4"),
+                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(dj)], check=True)
+    st = Store(str(d / "store"))
+    files = [media / "vr_face1.mp4", media / "lp_d3.mp4", media / "lp_d0.mp4", dj]
+    cmd = [str(Path(sys.executable).parent / "curation"), "run", str(ROOT / "workflows" / "conversation.yaml"),
+           "--store", str(d / "store"), "--models", str(models), "--local"]
+    run = subprocess.run(cmd + [x for f in files for x in ("--input", str(f))], capture_output=True,
+                         text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    names = {v["video_id"]: Path(v["uri"]).name for v in st.query("videos").to_pylist()}
+    clips: dict[str, list[dict]] = {}
+    for c in st.query("clips", where="clip_kind = 'person'").to_pylist():
+        clips.setdefault(names[c["video_id"]], []).append(c)
+    return st, run.stdout, clips, d
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     import ray
     if not ray.is_initialized():
@@ -65,27 +90,3 @@ def which_ffmpeg() -> str:
     if not exe:
         pytest.fail("ffmpeg not on PATH (make test installs it)")
     return exe
-
-
-@pytest.fixture(scope="session")
-def conversation_run(tmp_path_factory, media, models):
-    """workflows/conversation.yaml run once per session (a few minutes) on vr_face1, lp_d3, lp_d0 and
-    the second half of dj_video4: (store, run summary, {file name: person clips}, directory)."""
-    d = tmp_path_factory.mktemp("conv")
-    dj = d / "dj_video4_tail.mp4"      # 13-22.4 s: the talking part, both women in frame
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", "13", "-i", str(media / "dj_video4.mp4"),
-                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(dj)], check=True)
-    from curation.store import Store
-    st = Store(str(d / "store"))
-    files = [media / "vr_face1.mp4", media / "lp_d3.mp4", media / "lp_d0.mp4", dj]
-    # a process of its own, as a user runs it (in-process, without Ray: the step order is fixed)
-    cmd = [CURATION, "run", str(ROOT / "workflows" / "conversation.yaml"), "--store", str(d / "store"),
-           "--models", str(models), "--local"] + [x for f in files for x in ("--input", str(f))]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    assert run.returncode == 0, run.stderr[-3000:]
-    summary = run.stdout
-    names = {v["video_id"]: Path(v["uri"]).name for v in st.query("videos").to_pylist()}
-    clips: dict[str, list[dict]] = {}
-    for c in st.query("clips", where="clip_kind = 'person'").to_pylist():
-        clips.setdefault(names[c["video_id"]], []).append(c)
-    return st, summary, clips, d

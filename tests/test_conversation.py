@@ -4,19 +4,14 @@ vr_face1 (one woman talking to camera), lp_d3 (grimaces, no speech), lp_d0 (no a
 second half of dj_video4 (the woman in front talks, the one behind combs her hair)."""
 from __future__ import annotations
 
-import sys
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from curation.cli import app
-from curation.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
-CURATION = str(Path(sys.executable).parent / "curation")
 pytestmark = [pytest.mark.slow]
 
 ACCEPTANCE = ("track_id", "frame_times", "frame_states", "frame_state_probs", "speak_ratio",
@@ -26,10 +21,10 @@ ACCEPTANCE = ("track_id", "frame_times", "frame_states", "frame_state_probs", "s
 
 
 @pytest.fixture(scope="module")
-def conv(conversation_run):
-    """The conversation workflow's run (tests/conftest.py: one per session, shared with the loader's
-    tests)."""
-    return conversation_run
+def conv(conversation_store):
+    """The conversation workflow's store (built once per session in conftest.py, shared with
+    tests/test_audit.py): (store, run summary, person clips by file name, directory)."""
+    return conversation_store
 
 
 def _speech_frames(c):

@@ -98,11 +98,11 @@ def test_loader_on_real_clips_frames_in_time_audio_and_features(real):
         assert not x["has_audio"] and not x["audio"].any() and x["audio_features"] is None
 
 
-def test_dj_video4_states_line_up_with_the_frames(conversation_run):
+def test_dj_video4_states_line_up_with_the_frames(conversation_store):
     """The person clips of dj_video4's second half (30 fps; labels on the 25 fps analysis grid):
     every frame of a 25 fps window is within a source frame of a labelled frame, and gets its label."""
     from curation.data.conditions import STATE_CODES
-    store, _, clips, _ = conversation_run
+    store, _, clips, _ = conversation_store
     dj = [c for c in clips["dj_video4_tail.mp4"] if c.get("frame_states")]
     assert dj
     where = "clip_id IN (" + ", ".join(f"'{c['clip_id']}'" for c in dj) + ")"
