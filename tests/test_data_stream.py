@@ -231,3 +231,14 @@ def test_resume_after_a_kill_on_another_world_size_gives_the_same_later_batches(
             ranks.append(list(t.iter_steps()))
         resumed = [digest(sum((ranks[r][i] for r in range(3)), [])) for i in range(len(ranks[0]))]
         assert resumed == full[stop:]
+
+
+def test_a_window_whose_video_is_gone_is_replaced_with_a_one_line_reason(tmp_path):
+    uri, _ = syn.build_store(tmp_path, [("a", "ok", 50), ("b", "ok", 50)])
+    (tmp_path / "media" / "b.mkv").unlink()
+    got = [x for x in ClipStream(uri, window_s=1.0, seed=0, epochs=1, divisible_by=2, batch_windows=2)]
+    assert len(got) == 4 and {x["clip_id"] for x in got} == {"v000_a:0:0"}
+    tried = [r for x in got for r in x["replaced"]]       # both b windows, maybe one twice
+    assert {r["clip_id"] for r in tried} == {"v001_b:0:0"} and len(tried) >= 2
+    assert all(r["reason"].startswith("error: ") and "b.mkv" in r["reason"] and "\n" not in r["reason"]
+               for r in tried)

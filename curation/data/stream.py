@@ -209,7 +209,12 @@ class ClipStream(IterableDataset):
             i = next(candidates, None)
             if i is None:
                 break
-            sample, verdict = self.build(self.windows[i])
+            try:
+                sample, verdict = self.build(self.windows[i])
+            except Exception as e:  # noqa: BLE001 - an unreadable window is replaced like a rejected one
+                from curation.store import one_line
+                sample, verdict = None, f"error: {one_line(e, 200)}"
+                log.warning("%s @ %.2f s: %s", self.windows[i].clip_id, self.windows[i].start_s, verdict)
             if verdict is None:
                 sample.update(epoch=plan.epoch, step=step, slot=slot, replaced=tried)
                 return sample
@@ -338,20 +343,20 @@ class ClipStream(IterableDataset):
 
     def video_row(self, video_id: str) -> dict:
         from curation.store import sql_quote
-        cols = [c for c in ("video_id", "uri", "has_audio", "rotation", "fps", "width", "height")]
+        cols = ["video_id", "uri", "has_audio", "rotation", "fps", "width", "height"]
         return self._videos.get_or(video_id, lambda: self._query(
             "videos", f"video_id = {sql_quote(video_id)}", cols).to_pylist()[0])
 
     def _track_of(self, clip: dict) -> dict | None:
-        if not clip.get("track_id"):
+        if not clip.get("track_id") or not self._store.exists("tracks"):
             return None
         from curation.store import sql_quote
-        s = self._store
-        if not s.exists("tracks"):
-            return None
-        cols = [c for c in TRACK_COLUMNS if c in s.schema("tracks").names]
-        rows = s.query("tracks", f"track_id = {sql_quote(clip['track_id'])}", cols).to_pylist()
-        return rows[0] if rows else None
+
+        def load():
+            cols = [c for c in TRACK_COLUMNS if c in self._store.schema("tracks").names]
+            rows = self._store.query("tracks", f"track_id = {sql_quote(clip['track_id'])}", cols).to_pylist()
+            return rows[0] if rows else None
+        return self._rows.get_or(("track", clip["track_id"]), load)
 
     # ---- resume ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
