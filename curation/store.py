@@ -480,14 +480,8 @@ class Store:
         """Rows matching ``where`` with ``columns`` and the bytes of the blob column ``blob`` (a
         query returns a blob column's descriptors, not its bytes; null blobs give None)."""
         ds = self.dataset(table, version=version)
-        t = ds.to_table(columns=list(columns), filter=_checked(where), with_row_id=True)
-        rows = t.to_pylist()
-        if not rows:
-            return []
-        files = ds.take_blobs(blob, ids=[r.pop("_rowid") for r in rows])
-        for r, f in zip(rows, files):
-            r[blob] = None if f is None else f.read()
-        return rows
+        return ds.to_table(columns=list(columns) + [blob], filter=_checked(where),
+                           blob_handling="all_binary").to_pylist()
 
     def page(self, table: str, where: str | None = None, columns: Sequence[str] | None = None,
              order_by: str | None = None, descending: bool = False, limit: int = 50,

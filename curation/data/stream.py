@@ -109,13 +109,18 @@ class ClipStream(IterableDataset):
     # ---- pickling: workers rebuild caches (and reopen the store) ------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_store", "_rows", "_videos", "_features", "_refs", "_plans", "_threads"):
+        for k in ("_store", "_rows", "_videos", "_features", "_refs", "_plans", "_threads", "windows"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state):
+        """A worker cuts the windows again from the same table versions (a million windows would
+        be a 100 MB pickle per worker) and checks it got the same list."""
         self.__dict__.update(state)
         self._reset_caches()
+        self.windows = self._cut()
+        if fingerprint(self.windows) != self.fingerprint:
+            raise StreamError("the selection read in a worker differs from the parent's")
 
     def _reset_caches(self):
         from curation.store import Store
