@@ -242,3 +242,21 @@ def test_a_window_whose_video_is_gone_is_replaced_with_a_one_line_reason(tmp_pat
     assert {r["clip_id"] for r in tried} == {"v001_b:0:0"} and len(tried) >= 2
     assert all(r["reason"].startswith("error: ") and "b.mkv" in r["reason"] and "\n" not in r["reason"]
                for r in tried)
+
+
+def test_references_come_from_the_references_table(tmp_path):
+    """The clip's reference JPEGs (a blob column) come back as RGB images, global ones first."""
+    import cv2
+
+    from curation.store import Store
+    uri, _ = syn.build_store(tmp_path, [("a", "ok", 25)])
+    rows = []
+    for k, (kind, bgr) in enumerate([("view_left", (0, 0, 255)), ("global", (255, 0, 0))]):
+        img = np.zeros((32, 24, 3), np.uint8)
+        img[:] = bgr
+        rows.append({"ref_id": f"r{k}", "video_id": "v000_a", "clip_id": "v000_a:0:0", "kind": kind,
+                     "score": 0.5, "image": cv2.imencode(".jpg", img)[1].tobytes()})
+    Store(uri).upsert("references", rows)
+    (x,) = list(ClipStream(uri, window_s=1.0, epochs=1, divisible_by=1, batch_windows=1))
+    assert [r.shape for r in x["references"]] == [(32, 24, 3)] * 2
+    assert x["references"][0][..., 2].mean() > 200 and x["references"][1][..., 0].mean() > 200  # blue, red
