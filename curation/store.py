@@ -483,6 +483,22 @@ class Store:
         return ds.to_table(columns=list(columns) + [blob], filter=_checked(where),
                            blob_handling="all_binary").to_pylist()
 
+    def blob_range(self, table: str, column: str, where: str, offset: int, size: int,
+                   version: int | str | None = None) -> bytes | None:
+        """``size`` bytes from ``offset`` of the blob column ``column`` of the first row matching
+        ``where`` (a ranged read: a window's slice of a long video's features, not the whole blob);
+        None when no row matches or the blob is null."""
+        ds = self.dataset(table, version=version)
+        t = ds.to_table(columns=[], filter=_checked(where), with_row_id=True, limit=1)
+        if not t.num_rows:
+            return None
+        (f,) = ds.take_blobs(column, ids=[t["_rowid"][0].as_py()])
+        if f is None:
+            return None
+        with f:
+            f.seek(offset)
+            return f.read(size)
+
     def page(self, table: str, where: str | None = None, columns: Sequence[str] | None = None,
              order_by: str | None = None, descending: bool = False, limit: int = 50,
              offset: int = 0) -> pa.Table:

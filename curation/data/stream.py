@@ -126,7 +126,7 @@ class ClipStream(IterableDataset):
         from curation.store import Store
         self._store = Store(self.uri)
         self._rows, self._videos = _Cache(512), _Cache(64)
-        self._features, self._refs = _Cache(4), _Cache(256)
+        self._features, self._refs = _Cache(1024), _Cache(256)
         self._plans = _Cache(2)
         self._threads = None
 
@@ -304,24 +304,33 @@ class ClipStream(IterableDataset):
         return mix.copy(), np.zeros(n, np.float32), "mix_unlabelled"
 
     def _features_of(self, video_id: str, pts: np.ndarray):
-        feats = self._features.get_or(video_id, lambda: self._load_features(video_id))
-        if feats is None:
+        """The video's Whisper features at the frame times: only the window's slice of the blob is
+        read (an hour of tiny.en features is 1.4 GB)."""
+        meta = self._features.get_or(video_id, lambda: self._features_meta(video_id))
+        if meta is None or not len(pts):
             return None
-        values, rate, t0 = feats
-        return cond.features_at(values, rate, t0, pts)
+        (frames, groups, dim), rate, t0 = meta
+        row = groups * dim * 2                                    # float16
+        f0 = int(np.clip(np.floor((pts[0] - t0) * rate) - 1, 0, frames - 1))
+        f1 = int(np.clip(np.ceil((pts[-1] - t0) * rate) + 2, f0 + 1, frames))
+        from curation.store import sql_quote
+        data = self._store.blob_range("videos", "audio_features", f"video_id = {sql_quote(video_id)}",
+                                      f0 * row, (f1 - f0) * row, version=self.versions["videos"])
+        values = np.frombuffer(data, np.float16).reshape(f1 - f0, groups, dim)
+        return cond.features_at(values, rate, t0 + f0 / rate, pts)
 
-    def _load_features(self, video_id: str):
+    def _features_meta(self, video_id: str):
+        """((F, G, D), rate, start) of the video's features, None when it has none."""
         from curation.store import sql_quote
         if "audio_features" not in self._store.dataset("videos", self.versions["videos"]).schema.names:
             return None
         cols = ["audio_features_shape", "audio_features_hz", "audio_features_start_s"]
-        rows = self._store.query_blobs("videos", "audio_features", f"video_id = {sql_quote(video_id)}",
-                                       cols, version=self.versions["videos"])
+        rows = self._query("videos", f"video_id = {sql_quote(video_id)}", cols).to_pylist()
         r = rows[0] if rows else {}
-        if not r.get("audio_features"):
+        if not r.get("audio_features_shape"):
             return None
-        values = np.frombuffer(r["audio_features"], np.float16).reshape(r["audio_features_shape"])
-        return values, float(r["audio_features_hz"]), float(r.get("audio_features_start_s") or 0.0)
+        return tuple(r["audio_features_shape"]), float(r["audio_features_hz"]), \
+            float(r.get("audio_features_start_s") or 0.0)
 
     def _references(self, clip: dict) -> list[np.ndarray]:
         if "references" not in self.versions or self.max_references <= 0:
