@@ -4,6 +4,7 @@ them."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -33,8 +34,11 @@ def _loop(config):
 
 
 def test_torch_trainer_workers_share_the_global_batches(tmp_path, ray_session):
+    from ray import cloudpickle
+
     from curation.data import ClipStream
     from curation.data.ray_train import fit
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])   # Train workers cannot import tests/
     uri, _ = syn.build_store(tmp_path / "s", [("a", "ok", 100), ("b", "ok", 75), ("c", "ok", 60)])
     kw = {"window_s": 1.0, "seed": 1, "epochs": 1, "batch_windows": 2, "divisible_by": 2}
     local = [[(s["clip_id"], s["start_s"]) for s in b] for b in ClipStream(uri, **kw).iter_steps()]

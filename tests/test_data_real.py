@@ -71,7 +71,7 @@ def test_windows_across_a_cut_and_without_audio_fail_for_their_reasons(real):
     lp = [r for r in rows if names[r["video_id"]] == "lp_d0.mp4"]
     assert lp and all(r["failed_check"] == "audio" and "no audio stream" in r["reason"] for r in lp)
     dj = [r for r in rows if names[r["video_id"]] == "dj_video4_6s.mp4"]
-    assert len(dj) == 5 and all(r["kept"] for r in dj)                             # 30 fps sampled at 25
+    assert len(dj) == 6 and all(r["kept"] for r in dj)                             # 30 fps sampled at 25
 
 
 def test_loader_on_real_clips_frames_in_time_audio_and_features(real):
@@ -83,7 +83,7 @@ def test_loader_on_real_clips_frames_in_time_audio_and_features(real):
     for x in stream:
         got.setdefault(names[x["video_id"]], []).append(x)
     dj = got["dj_video4_6s.mp4"]
-    assert len(dj) == 5
+    assert len(dj) == 6
     for x in dj:
         # 25 of the 30 fps frames, in order, 1/25 s apart give or take one source frame
         assert len(x["frames"]) == 25 and np.all(np.abs(np.diff(x["pts"]) - 0.04) <= 1 / 30 + 1e-6)
