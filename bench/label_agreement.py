@@ -51,21 +51,8 @@ def reference(times: np.ndarray, spans, talker: bool) -> np.ndarray:
     return np.where(inside, "speak" if talker else "listen", "idle")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--media", default=str(ROOT.parent / "shared" / "media"))
-    ap.add_argument("--models", default=str(ROOT.parent / "shared" / "models"))
-    ap.add_argument("--store", default=None)
-    args = ap.parse_args()
-    from curation.runner import Runner
-    from curation.store import Store
-    from curation.workflow import load
-    store = args.store or tempfile.mkdtemp(prefix="agreement-")
-    st = Store(store)
-    t0 = time.perf_counter()
-    Runner(load(ROOT / "workflows" / "conversation.yaml"), st, model_dir=args.models,
-           executor="local").run([str(Path(args.media) / n) for n in CLIPS])
-    wall = time.perf_counter() - t0
+def score(st) -> dict:
+    """Print the agreement table of a conversation store; returns its videos by id."""
     videos = {v["video_id"]: v for v in st.query("videos").to_pylist()}
     tracks = {t["track_id"]: t for t in st.query("tracks").to_pylist()}
     clips = st.query("clips", where="clip_kind = 'person' AND frame_states IS NOT NULL").to_pylist()
@@ -97,6 +84,25 @@ def main() -> None:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} |")
     print(f"| all | | | {tot['n']} | {tot['agree'] / tot['n']:.2f} | "
           f"{tot['kept_agree'] / max(1, tot['kept']):.2f} | {1 - tot['kept'] / tot['n']:.2f} |")
+    return videos
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--media", default=str(ROOT.parent / "shared" / "media"))
+    ap.add_argument("--models", default=str(ROOT.parent / "shared" / "models"))
+    ap.add_argument("--store", default=None)
+    args = ap.parse_args()
+    from curation.runner import Runner
+    from curation.store import Store
+    from curation.workflow import load
+    store = args.store or tempfile.mkdtemp(prefix="agreement-")
+    st = Store(store)
+    t0 = time.perf_counter()
+    Runner(load(ROOT / "workflows" / "conversation.yaml"), st, model_dir=args.models,
+           executor="local").run([str(Path(args.media) / n) for n in CLIPS])
+    wall = time.perf_counter() - t0
+    videos = score(st)
     dur = sum(v["duration_s"] for v in videos.values())
     print(f"\nconversation workflow: {wall:.0f} s wall for {dur:.0f} s of video (store {store})")
 

@@ -11,10 +11,15 @@ Per shot (frames at the 25 fps analysis rate, long side at most 960 px):
    seen for more than ``max_gap_s``; pieces shorter than ``min_track_s`` are dropped (stable tracks
    only). Boxes are interpolated linearly to every analysis frame between a track's first and last
    detection.
-3. Faces (operators.nets.face_landmarks, MediaPipe FaceLandmarker) in each track's upper-body
-   region on every analysis frame: face box, mouth opening, jawOpen, yaw/pitch/roll, the share of
-   the face inside the frame. When a face is found in two tracks' regions on one frame it goes to
-   the track whose box centre is nearest to it. Hands (HandLandmarker) in the track's region at
+3. Faces (operators.nets.face_finder) in each track's upper-body region at ``face_fps`` (every
+   analysis frame at 25): MediaPipe's FaceLandmarker on the region; where it finds no face of the
+   person, YuNet on the region and MediaPipe's face mesh on a crop zoomed on YuNet's face; where
+   the mesh rejects that face too (profiles, which the mesh does not model), YuNet's box alone
+   (``face_source`` 2, NaN measures) when its score reaches ``box_min_score``. Measures: face box,
+   mouth opening, jawOpen, yaw/pitch/roll, the share of the face inside the frame. Frames between
+   the analysed ones (``face_fps`` below 25) are interpolated (:func:`fill_faces`, ``face_source``
+   3). When a face is found in two tracks' regions on one frame it goes to the track whose box
+   centre is nearest to it. Hands (HandLandmarker) in the track's region at
    ``hands_fps`` (and on its first frame), counted when the hand's centre is inside the person box
    grown by 10 %; frames in between take the count of the nearest analysed frame.
 4. Per track: ``is_static`` (posters, photos, statues, screens: see ``_static``), composition, and
@@ -71,8 +76,10 @@ import pyarrow as pa
 
 from curation.media import FrameSpec, Frames, crop_boxes
 from curation.operator import Operator, OperatorError, Param, Resources
-from operators.nets.face_landmarks import (FACE_CROP, FACE_FILE, HAND_CROP, HAND_FILE, FaceLandmarks,
-                                           HandLandmarks, person_region, upper_body_region)
+from operators.nets.face_detector import YUNET_FILE
+from operators.nets.face_finder import FaceFinder
+from operators.nets.face_landmarks import (FACE_FILE, HAND_CROP, HAND_FILE, HandLandmarks, person_region,
+                                           upper_body_region)
 from operators.nets.person_detector import detector_weights, load_person_detector
 from operators.nets.tracking import make_tracker
 from schemas import BOX, frame_list
@@ -87,7 +94,7 @@ _F32 = pa.float32()
 
 class People(Operator):
     name = "people"
-    version = "3"   # 3: track ids VIDEO:SHOT:tK (apart from clip ids VIDEO:SHOT:CLIP)
+    version = "4"   # 3: track ids VIDEO:SHOT:tK; 4: YuNet's second chance (face_source), face_fps
     input_table = "shots"
     output_table = "tracks"
     reads = ("shots.start_s", "shots.end_s", "shots.shot_index", "videos.width", "videos.height")
@@ -107,6 +114,12 @@ class People(Operator):
         "max_gap_s": Param(1.0, help="a track unseen for longer is cut in two"),
         "min_track_s": Param(1.0, help="shorter tracks are dropped"),
         "hands_fps": Param(2.0, help="hand landmark rate (frames per second)"),
+        "yunet_faces": Param(True, help="frames the FaceLandmarker misses: YuNet, then the face mesh on a "
+                                        "crop zoomed on its face (operators/nets/face_finder.py)"),
+        "box_min_score": Param(0.6, help="YuNet score from which a face the mesh rejects (profile) is "
+                                         "kept as a box alone (face_source 2); above 1: never"),
+        "face_fps": Param(25.0, help="face landmark rate (frames per second, at most 25); frames in "
+                                     "between are interpolated (face_measured false)"),
         "static_max_box_motion": Param(0.03, help="see module docstring"),
         "static_max_pixel_change": Param(1.5, help="luma levels 0-255"),
         "static_max_face_motion": Param(0.1, help="see module docstring"),
@@ -128,6 +141,7 @@ class People(Operator):
         pa.field("head_pitch", frame_list(_F32)),       # degrees, > 0 = looking down
         pa.field("head_roll", frame_list(_F32)),        # degrees, > 0 = head rotated anticlockwise
         pa.field("face_visibility", frame_list(_F32)),  # share of the face mesh inside the frame
+        pa.field("face_source", frame_list(pa.int8())),  # 0 none, 1 landmarks, 2 YuNet box only, 3 interpolated
         pa.field("hands", frame_list(pa.int8())),       # hands of this person (nearest analysed frame)
         pa.field("num_frames", pa.int32()),
         pa.field("det_score_mean", _F32),               # mean detector score of the matched detections
@@ -157,14 +171,16 @@ class People(Operator):
     ])
 
     def weight_files(self) -> list[str]:
-        return [detector_weights(self.p["backend"], self.p["weights"] or None), FACE_FILE, HAND_FILE]
+        return ([detector_weights(self.p["backend"], self.p["weights"] or None), FACE_FILE, HAND_FILE]
+                + ([YUNET_FILE] if self.p["yunet_faces"] else []))
 
     def setup(self) -> None:
         self.detector = load_person_detector(
             self.model_dir, self.p["backend"], self.p["weights"] or None, device=self.p["device"],
             conf=float(self.p["det_conf"]), batch_size=int(self.p["det_batch"]),
             threads=int(self.p["threads"]) or None)
-        self.face_net = FaceLandmarks(self.model_dir)
+        self.face_net = FaceFinder(self.model_dir, detector=bool(self.p["yunet_faces"]),
+                                   box_min_score=float(self.p["box_min_score"]))
         self.hand_net = HandLandmarks(self.model_dir)
 
     # ---- the worker's entry points ------------------------------------------------------------
@@ -201,7 +217,8 @@ class People(Operator):
     def _row(self, video, row, k, tr, times, frame_size) -> dict:
         pos, boxes, f = tr["pos"], tr["boxes"], tr["face"]
         t = times[pos]
-        has = np.isfinite(f[:, 0])
+        has = np.isfinite(f[:, 0])      # a face box (landmarks, or YuNet's box alone)
+        mesh = np.isfinite(f[:, 4])     # landmark measures (mouth, jaw, pose)
         mouth, jaw, yaw, pitch, roll, vis = (f[:, 4 + j] for j in range(6))
         static = _static(boxes, f, tr["pixel_change"])
         is_static = (static[0] < float(self.p["static_max_box_motion"])
@@ -221,19 +238,20 @@ class People(Operator):
             "mouth_open": mouth.astype(np.float32).tolist(), "jaw_open": jaw.astype(np.float32).tolist(),
             "head_yaw": yaw.astype(np.float32).tolist(), "head_pitch": pitch.astype(np.float32).tolist(),
             "head_roll": roll.astype(np.float32).tolist(), "face_visibility": vis.astype(np.float32).tolist(),
+            "face_source": face_source(f, tr["measured"]).tolist(),
             "hands": tr["hands"].tolist(),
             "num_frames": len(pos),
             "det_score_mean": tr["score"],
             "face_ratio": float(has.mean()),
             "face_size_px": _nan(np.median(np.maximum(f[has, 2] - f[has, 0], f[has, 3] - f[has, 1])) if has.any() else None),
             "face_visibility_mean": _nan(np.mean(vis[has]) if has.any() else None),
-            "head_yaw_median": _nan(np.median(yaw[has]) if has.any() else None),
-            "head_pitch_median": _nan(np.median(pitch[has]) if has.any() else None),
-            "head_roll_median": _nan(np.median(roll[has]) if has.any() else None),
-            "head_yaw_abs_p90": _nan(np.percentile(np.abs(yaw[has]), 90) if has.any() else None),
-            "mouth_open_std": _nan(np.std(mouth[has]) if has.any() else None),
+            "head_yaw_median": _nan(np.median(yaw[mesh]) if mesh.any() else None),
+            "head_pitch_median": _nan(np.median(pitch[mesh]) if mesh.any() else None),
+            "head_roll_median": _nan(np.median(roll[mesh]) if mesh.any() else None),
+            "head_yaw_abs_p90": _nan(np.percentile(np.abs(yaw[mesh]), 90) if mesh.any() else None),
+            "mouth_open_std": _nan(np.std(mouth[mesh]) if mesh.any() else None),
             "mouth_motion": _nan(np.nanmean(dm) if np.isfinite(dm).any() else None),
-            "jaw_open_std": _nan(np.std(jaw[has]) if has.any() else None),
+            "jaw_open_std": _nan(np.std(jaw[mesh]) if mesh.any() else None),
             "hands_ratio": float(np.mean(tr["hands"] > 0)),
             "first_frame_hands": bool(tr["hands"][0] > 0),
             "is_static": bool(is_static),
@@ -272,6 +290,8 @@ class ShotTracks:
         self.max_gap, self.min_track = float(p["max_gap_s"]), float(p["min_track_s"])
         self.lag = self.max_gap + self.min_track + 1e-3
         self.hands_fps = float(p["hands_fps"])
+        self.face_mask = np.zeros(len(self.times), bool)   # frames whose faces are measured
+        self.face_mask[sample_positions(self.times, min(float(p["face_fps"]), ANALYSIS_FPS))] = True
         self.det_times: list[float] = []          # times of the detection frames tracked so far
         self.pieces: dict[int, list[dict]] = {}   # ByteTrack id -> its pieces (cut at gaps), in order
         self.at = 0                               # frames received
@@ -317,8 +337,10 @@ class ShotTracks:
                     rows = np.asarray(pc["rows"], np.float32)
                     slots = np.asarray(pc["hand_t"])
                     t = self.times[pc["first"]:pc["last"] + 1]
-                    tracks.append({"pos": np.arange(pc["first"], pc["last"] + 1),
-                                   "boxes": np.concatenate(pc["boxes"]), "face": np.concatenate(pc["face"]),
+                    measured = self.face_mask[pc["first"]:pc["last"] + 1]
+                    tracks.append({"pos": np.arange(pc["first"], pc["last"] + 1), "measured": measured,
+                                   "boxes": np.concatenate(pc["boxes"]),
+                                   "face": fill_faces(np.concatenate(pc["face"]), t, measured),
                                    "score": float(rows[:, 5].mean()),
                                    "hands": np.asarray(pc["hand_counts"], np.int8)[_nearest(t, slots)],
                                    "pixel_change": float(np.percentile(np.asarray(pc["diffs"]), 90))
@@ -400,17 +422,17 @@ class ShotTracks:
         boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, self.frame_size[0])
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, self.frame_size[1])
         pc["boxes"].append(boxes)
-        # faces, every frame
+        # faces, on the frames of face_fps (all at 25): operators.nets.face_finder
         face = np.full((b - a, 10), np.nan)   # box(4) mouth jaw yaw pitch roll visibility
         regions = upper_body_region(boxes)
-        for c in range(0, b - a, CHUNK):
-            sl = slice(c, c + CHUNK)
-            crops = crop_boxes(self._images(a + c, min(b, a + c + CHUNK)), regions[sl], FACE_CROP, scale=scale)
-            for i, (crop, region, box) in enumerate(zip(crops, regions[sl], boxes[sl])):
-                found = _pick_face(op.face_net.faces(crop, region, self.frame_size), box)
+        todo = np.flatnonzero(self.face_mask[a:b])
+        for c in range(0, len(todo), CHUNK):
+            s = todo[c:c + CHUNK]
+            images = self._images(a + int(s[0]), a + int(s[-1]) + 1)[s - s[0]]
+            for i, found in zip(s, op.face_net.find(images, scale, regions[s], boxes[s], self.frame_size)):
                 if found is not None:
-                    face[c + i] = [*found.box, found.mouth_open, found.jaw_open, found.yaw, found.pitch,
-                                   found.roll, found.visibility]
+                    face[i] = [*found.box, found.mouth_open, found.jaw_open, found.yaw, found.pitch,
+                               found.roll, found.visibility]
         pc["face"].append(face)
         t0 = times[pc["first"]]
         # hands at hands_fps: the first frame of each 1/hands_fps slot of the track (sample_positions)
@@ -485,20 +507,40 @@ def _nan(x) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
-def _pick_face(faces, box: np.ndarray):
-    """The face of the person in ``box``: centre inside the box horizontally and in its upper part,
-    nearest the box's centre line; None when no face qualifies."""
-    best, best_d = None, math.inf
-    w = max(box[2] - box[0], 1e-6)
-    for face in faces:
-        cx = (face.box[0] + face.box[2]) / 2
-        cy = (face.box[1] + face.box[3]) / 2
-        if not (box[0] <= cx <= box[2]) or cy > box[3]:
-            continue
-        d = abs(cx - (box[0] + box[2]) / 2) / w
-        if d < best_d:
-            best, best_d = face, d
-    return best
+FACE_NONE, FACE_MESH, FACE_BOX, FACE_FILLED = 0, 1, 2, 3   # face_source codes
+
+
+def face_source(face: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """Per frame of a track: FACE_MESH (landmarks measured on it), FACE_BOX (YuNet's box alone: the
+    mesh found no face, e.g. a profile; NaN measures), FACE_FILLED (not analysed at ``face_fps``:
+    interpolated from the analysed frames around it) or FACE_NONE."""
+    box, mesh = np.isfinite(face[:, 0]), np.isfinite(face[:, 4])
+    out = np.where(box, np.where(mesh, FACE_MESH, FACE_BOX), FACE_NONE)
+    return np.where(box & ~np.asarray(measured, bool), FACE_FILLED, out).astype(np.int8)
+
+
+def fill_faces(face: np.ndarray, times: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """A track's (n, 10) face values with the frames not measured (``face_fps`` below 25) filled:
+    linearly between the measured frames around them when both have a face, else the nearest
+    measured frame's values (NaN when it has none; a missing neighbour at the track's ends counts as
+    farthest). Measured frames are unchanged."""
+    idx = np.flatnonzero(measured)
+    if len(idx) == len(face) or not len(idx):
+        return face
+    out = face.copy()
+    rest = np.flatnonzero(~measured)
+    j = np.searchsorted(idx, rest)                       # next measured frame (len = none)
+    prev, nxt = idx[np.maximum(j - 1, 0)], idx[np.minimum(j, len(idx) - 1)]
+    has_prev, has_next = j > 0, j < len(idx)
+    ok = np.isfinite(face[:, 0])
+    both = has_prev & has_next & ok[prev] & ok[nxt]
+    w = np.where(both, (times[rest] - times[prev]) / np.maximum(times[nxt] - times[prev], 1e-9), 0.0)
+    out[rest[both]] = (1 - w[both, None]) * face[prev[both]] + w[both, None] * face[nxt[both]]
+    d_prev = np.where(has_prev, np.abs(times[rest] - times[prev]), np.inf)
+    d_next = np.where(has_next, np.abs(times[rest] - times[nxt]), np.inf)
+    near = np.where(d_prev <= d_next, prev, nxt)
+    out[rest[~both]] = face[near[~both]]
+    return out
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -537,7 +579,7 @@ def _static(boxes: np.ndarray, face: np.ndarray, pixel_change: float) -> tuple[f
         return float(np.percentile(x, 95) - np.percentile(x, 5))
     box_motion = max(spread((boxes[:, 0] + boxes[:, 2]) / 2) / hm, spread((boxes[:, 1] + boxes[:, 3]) / 2) / hm,
                      spread(np.log(h)))
-    has = np.isfinite(face[:, 0])
+    has = np.isfinite(face[:, 4])    # frames with landmark measures
     if has.sum() >= 2:
         f = face[has]
         face_motion = max(10 * np.std(f[:, 4]), 10 * np.std(f[:, 5]), *(np.std(f[:, 6 + j]) / 10 for j in range(3)))

@@ -97,6 +97,24 @@ def euler_from_matrix(m: np.ndarray) -> tuple[float, float, float]:
     return yaw, pitch, roll
 
 
+def measure_face(points: np.ndarray, side: int, region: np.ndarray, frame_size: tuple[int, int],
+                 jaw_open: float, matrix: np.ndarray) -> Face:
+    """The measures of one face (see the module docstring) from its (478, 3) landmarks normalised to a
+    square crop of ``side`` px showing ``region`` (display px), its jawOpen score and its facial
+    transformation matrix."""
+    p = np.asarray(points, np.float64) * side   # crop px (z in x scale)
+    eye = np.linalg.norm(p[EYE_OUTER_R] - p[EYE_OUTER_L])
+    lip = np.linalg.norm(p[UPPER_LIP] - p[LOWER_LIP])
+    k = (region[2] - region[0]) / side          # display px per crop px
+    xy = p[:, :2] * k + region[:2]
+    box = np.array([*xy.min(0), *xy.max(0)], np.float32)
+    inside = ((xy[:, 0] >= 0) & (xy[:, 0] < frame_size[0]) & (xy[:, 1] >= 0) & (xy[:, 1] < frame_size[1]))
+    yaw, pitch, roll = euler_from_matrix(matrix)
+    return Face(box=box, size_px=float(max(box[2] - box[0], box[3] - box[1])),
+                mouth_open=float(lip / max(eye, 1e-6)), jaw_open=float(jaw_open), yaw=yaw, pitch=pitch,
+                roll=roll, visibility=float(inside.mean()))
+
+
 def _image(rgb: np.ndarray):
     import mediapipe as mp
     return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
@@ -121,21 +139,12 @@ class FaceLandmarks:
         """Faces in ``crop`` (RGB square image of ``region``, display px) as display-pixel measures;
         ``frame_size`` = (width, height) of the display frame (for ``visibility``)."""
         res = self.landmarker.detect(_image(crop))
-        side = crop.shape[1]
-        k = (region[2] - region[0]) / side   # display px per crop px
         out = []
         for i, lms in enumerate(res.face_landmarks):
-            p = np.array([[lm.x, lm.y, lm.z] for lm in lms], np.float64) * side  # crop px (z in x scale)
-            eye = np.linalg.norm(p[EYE_OUTER_R] - p[EYE_OUTER_L])
-            lip = np.linalg.norm(p[UPPER_LIP] - p[LOWER_LIP])
-            xy = p[:, :2] * k + region[:2]
-            box = np.array([*xy.min(0), *xy.max(0)], np.float32)
-            inside = ((xy[:, 0] >= 0) & (xy[:, 0] < frame_size[0]) & (xy[:, 1] >= 0) & (xy[:, 1] < frame_size[1]))
+            p = np.array([[lm.x, lm.y, lm.z] for lm in lms], np.float64)
             jaw = next((c.score for c in res.face_blendshapes[i] if c.category_name == "jawOpen"), float("nan"))
-            yaw, pitch, roll = euler_from_matrix(res.facial_transformation_matrixes[i])
-            out.append(Face(box=box, size_px=float(max(box[2] - box[0], box[3] - box[1])),
-                            mouth_open=float(lip / max(eye, 1e-6)), jaw_open=float(jaw), yaw=yaw,
-                            pitch=pitch, roll=roll, visibility=float(inside.mean())))
+            out.append(measure_face(p, crop.shape[1], region, frame_size, jaw,
+                                    res.facial_transformation_matrixes[i]))
         return out
 
     def close(self) -> None:

@@ -96,7 +96,8 @@ def test_vr_face1_one_track_with_its_face(run, media):
     assert np.all((cx > boxes[ok, 0]) & (cx < boxes[ok, 2]))     # the face is inside its person box
     assert 180 < t["face_size_px"] < 320
     assert t["detector_backend"] == "yolox_nano_coco.onnx/onnxruntime"
-    assert t["face_backend"] == "face_landmarker.task/mediapipe-tasks"
+    assert t["face_backend"] == ("face_landmarker.task/mediapipe-tasks|yunet_face.onnx/opencv-5.0.0"
+                                 "+face_landmarker.task/mediapipe-graph")
 
 
 def test_mouth_moves_while_he_talks_not_while_the_other_holds_a_smile(run, media):
@@ -169,9 +170,12 @@ def test_hamilton_audience_shot_has_at_least_three_people(run, media):
 @pytest.mark.slow
 def test_cartoon_characters_make_no_person_clips(run, media):
     # dj_video1 is a cartoon: YOLOX boxes the sheep and wolves as people (scores 0.4-0.8), but
-    # MediaPipe finds a face on at most a few of their frames, so no person clip is made
+    # MediaPipe's mesh finds a face on at most a few of their frames (10 %) and YuNet's boxes the
+    # mesh rejects on a quarter of one track's frames (cartoon faces score 0.6-0.8 with YuNet, as
+    # profiles do), so no person clip is made
     video, tracks = run(media / "dj_video1.mp4", 6.0, 9.85, shot_index=1)
-    assert all(t["face_ratio"] < 0.3 for t in tracks)
+    assert all(t["face_ratio"] < 0.4 for t in tracks)
+    assert all(np.mean(np.asarray(t["face_source"]) == 1) < 0.15 for t in tracks)
     clip = {"clip_id": f"{video['video_id']}:1:0", "clip_kind": "shot", "shot_index": 1, "clip_index": 0,
             "start_s": 6.1, "end_s": 9.75, "width": 640, "height": 360, "fps": 24.0}
     assert PersonClips().process({**video, "tables": {"clips": [clip]}}, tracks) == []
@@ -222,7 +226,8 @@ def test_sampling_and_gap_helpers():
 
 def test_weights_follow_the_backend(tmp_path):
     assert People().weight_files() == ["detector/yolox_nano_coco.onnx", "mediapipe/face_landmarker.task",
-                                       "mediapipe/hand_landmarker.task"]
+                                       "mediapipe/hand_landmarker.task", "detector/yunet_face.onnx"]
+    assert "detector/yunet_face.onnx" not in People(yunet_faces=False).weight_files()
     assert People(backend="ultralytics", weights="yolo/yolo11x.pt").weight_files()[0] == "yolo/yolo11x.pt"
     with pytest.raises(MissingWeights, match="yolox_nano_coco.onnx"):
         People(str(tmp_path)).setup()
