@@ -1,7 +1,10 @@
 """asr: Whisper speech recognition per video, with word times and sentence units (LPM §2.3).
 
-Runs openai-whisper (``MODEL_DIR/whisper/<model>.pt``; ``tiny.en`` here, larger or multilingual
-checkpoints on clusters) on the separated vocals when separation ran, else on the mix, and stores the
+Runs Whisper (``MODEL_DIR/whisper/<model>.pt``; ``tiny.en`` here, larger or multilingual checkpoints
+on clusters) through CTranslate2 / faster-whisper (``runtime: ctranslate2``, the default: the
+checkpoint converted offline once, operators/nets/whisper_ct2.py; the same sentence units as
+openai-whisper on the shared clips for a fifth to a ninth of the CPU) or openai-whisper itself
+(``runtime: openai-whisper``) on the separated vocals when separation ran, else on the mix, and stores the
 sentence units (split on punctuation, each with its span in video seconds, text, words and a
 confidence: the mean word probability), whisper's segments, the language (detected on the first 30 s
 with a multilingual model, ``en`` for English-only ones) and the backend. Videos without an audio
@@ -26,7 +29,7 @@ SENTENCE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text
 
 class Asr(Operator):
     name = "asr"
-    version = "1"
+    version = "2"   # 2: CTranslate2 runtime (same units on the shared clips; asr_backend names it)
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.vocals_uri", "videos.separation_ran")
     writes = pa.schema([
@@ -41,6 +44,8 @@ class Asr(Operator):
         "model": Param("tiny.en", help="checkpoint name under whisper/ in the model directory"),
         "language": Param("", help="force a language code; empty = detect (multilingual models)"),
         "use_vocals": Param(True, help="transcribe the separated vocals when separation ran"),
+        "runtime": Param("ctranslate2", choices=("ctranslate2", "openai-whisper"),
+                         help="ctranslate2: faster-whisper on the checkpoint converted once (cached)"),
     }
     resources = Resources(num_cpus=1)
     needs_model = True
@@ -49,8 +54,13 @@ class Asr(Operator):
         return [f"whisper/{self.p['model']}.pt"]
 
     def setup(self) -> None:
-        from operators.nets.asr import ASR
-        self.asr = ASR(self.model_dir, self.p["model"], threads=max(1, int(self.resources.num_cpus)))
+        threads = max(1, int(self.resources.num_cpus))
+        if self.p["runtime"] == "ctranslate2":
+            from operators.nets.whisper_ct2 import FastASR
+            self.asr = FastASR(self.model_dir, self.p["model"], threads=threads)
+        else:
+            from operators.nets.asr import ASR
+            self.asr = ASR(self.model_dir, self.p["model"], threads=threads)
 
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
         if not video.get("has_audio"):

@@ -126,42 +126,58 @@ class ASR:
         ``segments``: whisper's segments (start_s, end_s, text, avg_logprob, no_speech_prob,
         compression_ratio); ``sentences``: the sentence units. Times in seconds plus ``offset_s``.
         """
-        from operators.nets.spleeter import resample
-        x = np.asarray(wav, np.float32)
-        if x.ndim == 2:
-            x = x.mean(1)
-        x = resample(x, sample_rate, SAMPLE_RATE)
-        duration = len(x) / SAMPLE_RATE
+        x, duration = prepare_audio(wav, sample_rate)
         if len(x) < SAMPLE_RATE // 10 or not np.any(x):           # < 0.1 s or digital silence
-            lang = language or ("en" if not self.multilingual else None)
-            return {"language": lang, "language_prob": None, "text": "", "segments": [], "sentences": [],
-                    "duration_s": duration}
+            return empty_result(language or ("en" if not self.multilingual else None), duration)
         prob = None
         if language is None:
             language, prob = self.detect_language(x)
         res = self._whisper.transcribe(self.model, x, word_timestamps=True, fp16=False, language=language,
                                        condition_on_previous_text=False, verbose=None)
-        segments, words, last = [], [], 0.0
-        for s in res["segments"]:
-            seg_words = []
-            for w in s.get("words", []):
-                start = min(max(float(w["start"]), last, 0.0), duration)
-                end = min(max(float(w["end"]), start), duration)
-                last = start
-                seg_words.append({"word": w["word"], "start_s": start + offset_s, "end_s": end + offset_s,
-                                  "prob": float(w["probability"]), "avg_logprob": float(s["avg_logprob"]),
-                                  "no_speech_prob": float(s["no_speech_prob"])})
-            if not seg_words:
-                continue                                         # whisper can emit empty segments
-            words += seg_words
-            segments.append({"start_s": seg_words[0]["start_s"], "end_s": seg_words[-1]["end_s"],
-                             "text": s["text"].strip(), "avg_logprob": float(s["avg_logprob"]),
-                             "no_speech_prob": float(s["no_speech_prob"]),
-                             "compression_ratio": float(s["compression_ratio"]),
-                             "confidence": math.exp(float(s["avg_logprob"]))})
-        return {"language": language, "language_prob": prob,
-                "text": " ".join(s["text"] for s in segments), "segments": segments,
-                "sentences": sentence_units(words), "duration_s": duration}
+        return from_segments(res["segments"], duration, offset_s, language, prob)
+
+
+def prepare_audio(wav: np.ndarray, sample_rate: int) -> tuple[np.ndarray, float]:
+    """Mono float32 at 16 kHz and its duration in seconds."""
+    from operators.nets.spleeter import resample
+    x = np.asarray(wav, np.float32)
+    if x.ndim == 2:
+        x = x.mean(1)
+    x = resample(x, sample_rate, SAMPLE_RATE)
+    return x, len(x) / SAMPLE_RATE
+
+
+def empty_result(language: str | None, duration: float) -> dict:
+    return {"language": language, "language_prob": None, "text": "", "segments": [], "sentences": [],
+            "duration_s": duration}
+
+
+def from_segments(raw: list[dict], duration: float, offset_s: float, language: str | None,
+                  prob: float | None) -> dict:
+    """The result of :meth:`ASR.transcribe` from whisper's segments (dicts with text, avg_logprob,
+    no_speech_prob, compression_ratio and words: word, start, end, probability), whichever runtime
+    decoded them: word times clamped and made non-decreasing, sentence units."""
+    segments, words, last = [], [], 0.0
+    for s in raw:
+        seg_words = []
+        for w in s.get("words") or []:
+            start = min(max(float(w["start"]), last, 0.0), duration)
+            end = min(max(float(w["end"]), start), duration)
+            last = start
+            seg_words.append({"word": w["word"], "start_s": start + offset_s, "end_s": end + offset_s,
+                              "prob": float(w["probability"]), "avg_logprob": float(s["avg_logprob"]),
+                              "no_speech_prob": float(s["no_speech_prob"])})
+        if not seg_words:
+            continue                                         # whisper can emit empty segments
+        words += seg_words
+        segments.append({"start_s": seg_words[0]["start_s"], "end_s": seg_words[-1]["end_s"],
+                         "text": s["text"].strip(), "avg_logprob": float(s["avg_logprob"]),
+                         "no_speech_prob": float(s["no_speech_prob"]),
+                         "compression_ratio": float(s["compression_ratio"]),
+                         "confidence": math.exp(float(s["avg_logprob"]))})
+    return {"language": language, "language_prob": prob,
+            "text": " ".join(s["text"] for s in segments), "segments": segments,
+            "sentences": sentence_units(words), "duration_s": duration}
 
 
 def _heads_fit(model, heads: bytes) -> bool:

@@ -20,8 +20,13 @@ from operators.nets.asr import ASR, ends_sentence, sentence_units
 SR = 16000
 
 
-@pytest.fixture(scope="module")
-def asr(models):
+@pytest.fixture(scope="module", params=["openai-whisper", "ctranslate2"])
+def asr(models, request):
+    """Both runtimes: every test on real media holds for openai-whisper and for faster-whisper on the
+    converted checkpoint (operators/nets/whisper_ct2.py; converted into the cache on first use)."""
+    if request.param == "ctranslate2":
+        from operators.nets.whisper_ct2 import FastASR
+        return FastASR(models, threads=2)
     return ASR(models, threads=2)
 
 
@@ -82,6 +87,19 @@ def test_no_speech_gives_no_sentences(asr, media, clip):
     assert res["sentences"] == [] and res["text"] == ""
 
 
+def test_ctranslate2_gives_openai_whispers_sentence_units(models, media):
+    """The same sentence units (texts, times to 0.01 s) from both runtimes on a clip of speech."""
+    from operators.nets.whisper_ct2 import FastASR
+    wav = load_audio(str(media / "st_WDA_KatieHill_000.mp4"), SR)
+    a, b = ASR(models, threads=2).transcribe(wav, SR), FastASR(models, threads=2).transcribe(wav, SR)
+    assert len(a["sentences"]) >= 2
+    assert [u["text"] for u in a["sentences"]] == [u["text"] for u in b["sentences"]]
+    for u, v in zip(a["sentences"], b["sentences"]):
+        assert u["start_s"] == pytest.approx(v["start_s"], abs=0.02)
+        assert u["end_s"] == pytest.approx(v["end_s"], abs=0.02)
+        assert u["confidence"] == pytest.approx(v["confidence"], abs=0.02)
+
+
 def test_sentence_units_rules():
     def w(text, t):
         return {"word": text, "start_s": t, "end_s": t + 0.2, "prob": 0.9}
@@ -106,9 +124,12 @@ def test_asr_names_missing_weights(tmp_path):
         ASR(tmp_path)
     with pytest.raises(MissingWeights, match="whisper/large-v3.pt"):
         ASR(tmp_path, name="large-v3")
+    from operators.nets.whisper_ct2 import FastASR
+    with pytest.raises(MissingWeights, match="whisper/tiny.en.pt"):
+        FastASR(tmp_path)
 
 
-def test_multilingual_checkpoint_detects_language(tmp_path, media):
+def test_multilingual_checkpoint_detects_language(tmp_path, media, monkeypatch):
     """The language-detection path, on a random 1-layer multilingual Whisper saved as a checkpoint
     (the shared model directory has only the English-only tiny.en). Random weights: the language is
     arbitrary, but it must be one of Whisper's codes with a probability."""
@@ -127,5 +148,13 @@ def test_multilingual_checkpoint_detects_language(tmp_path, media):
                tmp_path / "whisper" / "tiny.pt")
     asr = ASR(tmp_path, name="tiny")
     assert asr.multilingual
-    lang, prob = asr.detect_language(load_audio(str(media / "vr_face1.mp4"), SR))
+    wav = load_audio(str(media / "vr_face1.mp4"), SR)
+    lang, prob = asr.detect_language(wav)
+    assert lang in LANGUAGES and 0.0 < prob <= 1.0
+    # the same checkpoint converted for faster-whisper (into the cache: CURATION_CACHE)
+    from operators.nets.whisper_ct2 import FastASR
+    monkeypatch.setenv("CURATION_CACHE", str(tmp_path / "cache"))
+    fast = FastASR(tmp_path, name="tiny")
+    assert fast.multilingual and fast.path.parent == tmp_path / "cache" / "whisper-ct2"
+    lang, prob = fast.detect_language(wav)
     assert lang in LANGUAGES and 0.0 < prob <= 1.0
