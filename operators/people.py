@@ -119,7 +119,7 @@ class People(Operator):
         "box_min_score": Param(0.6, help="YuNet score from which a face the mesh rejects (profile) is "
                                          "kept as a box alone (face_source 2); above 1: never"),
         "face_fps": Param(25.0, help="face landmark rate (frames per second, at most 25); frames in "
-                                     "between are interpolated (face_measured false)"),
+                                     "between are interpolated (face_source 3)"),
         "static_max_box_motion": Param(0.03, help="see module docstring"),
         "static_max_pixel_change": Param(1.5, help="luma levels 0-255"),
         "static_max_face_motion": Param(0.1, help="see module docstring"),
@@ -488,7 +488,7 @@ def sample_positions(times: np.ndarray, fps: float, keep_last: bool = False) -> 
     times = np.asarray(times, np.float64)
     if len(times) == 0:
         return np.zeros(0, int)
-    slots = np.floor((times - times[0]) * fps + 1e-6).astype(int)
+    slots = np.floor((times - times[0]) * fps + 1e-3).astype(int)   # float32 times: 0.23999999 s
     pos = np.unique(slots, return_index=True)[1]
     if keep_last and pos[-1] != len(times) - 1:
         pos = np.append(pos, len(times) - 1)

@@ -1,26 +1,25 @@
-"""The face of one person on a frame, down to about 30 px: YuNet finds it, MediaPipe measures it.
+"""The face of one person on a frame: MediaPipe's FaceLandmarker, and for the frames it misses YuNet
+and MediaPipe's mesh on a crop zoomed on the face YuNet finds (or YuNet's box alone).
 
-The FaceLandmarker (operators.nets.face_landmarks) finds faces with its own detector, BlazeFace
-short-range, which looks at the whole crop at 128 x 128 px and misses faces smaller than about a
-quarter of the crop. Given a person's upper-body crop (:func:`upper_body_region`: as wide as the
-person box, 1.3 times grown), that is a face narrower than about a third of the person box: a
-45 px face of a person standing in a 362 x 640 portrait video was found on 50-70 % of its frames.
+Measured on the shared clips (docs/faces.md): size is not what the FaceLandmarker misses (faces of
+20-40 px in a 362 x 640 frame were found on 0.98-0.99 of their frames); it misses profiles, faces
+looking down and faces behind hands, which YuNet finds.
 
-:class:`FaceFinder` per frame of a track:
+:class:`FaceFinder` per frame of a track (given its upper-body region and person box):
 
-1. YuNet (operators.nets.face_detector) on the upper-body crop resized to ``DETECT_CROP`` px
-   (faces from about 10 px there: 30 px faces in regions up to about 600 px);
-2. the person's face among YuNet's: :func:`pick` (centre inside the person box horizontally and
-   not below it, nearest the box's centre line: the rule people.py always used);
-3. a square crop centred on that face, ``zoom`` times its larger side, from the full decoded
-   frame, resized to ``FACE_CROP`` (256) px: the face fills about half of it whatever its size
-   in the video (a 30 px face is upscaled about 4 times), and the FaceLandmarker measures it there;
-   its face whose centre is inside YuNet's box is the person's;
-4. when YuNet finds no face of the person (or the landmarks find none on the zoomed crop), the
-   FaceLandmarker on the upper-body crop as before (faces YuNet misses, e.g. strongly turned ones).
+1. the FaceLandmarker on the upper-body crop resized to ``FACE_CROP`` (256) px; the person's face
+   among those found: :func:`pick` (centre inside the person box horizontally and not below it,
+   nearest the box's centre line);
+2. where it finds none of the person's: YuNet (operators.nets.face_detector) on the upper-body crop
+   resized to ``DETECT_CROP`` px, the person's face among YuNet's (:func:`pick`), and MediaPipe's
+   mesh, blendshape and geometry graphs (operators.nets.face_mesh, without the FaceLandmarker's
+   own detector) on a square crop ``zoom`` times that face's larger side, from the full decoded
+   frame, resized to ``FACE_CROP`` px, its region rotated by YuNet's eyes (:func:`mesh_roi`);
+3. where the mesh rejects that face too (its presence score is 0 on profiles), YuNet's box alone
+   when its score reaches ``box_min_score``, with NaN measures (:func:`box_face`).
 
-Every measure (box, mouth opening, jawOpen, head pose, visibility) still comes from the
-FaceLandmarker's mesh; YuNet only says where to look.
+Every measure (mouth opening, jawOpen, head pose, visibility) comes from MediaPipe's mesh;
+``counts`` says how many frames each step gave.
 """
 from __future__ import annotations
 

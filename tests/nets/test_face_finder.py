@@ -81,6 +81,9 @@ def test_face_fps_frames_are_the_first_of_each_slot():
     t = np.arange(50) / 25.0
     assert sample_positions(t, 12.5).tolist() == list(range(0, 50, 2))
     assert sample_positions(t, 25.0).tolist() == list(range(50))
+    t32 = (np.arange(125) / 25.0).astype(np.float32)               # decoders' times: 0.23999999 s
+    assert sample_positions(t32, 25.0).tolist() == list(range(125))
+    assert sample_positions(t32, 12.5).tolist() == list(range(0, 125, 2))
 
 
 # ---- real frames --------------------------------------------------------------------------------
