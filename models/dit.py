@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from models.layers import (RMSNorm, SelfAttention, apply_rope, attention, heads, merge_heads,
@@ -292,6 +293,7 @@ class DiT(nn.Module):
         self.head_norm = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.head = nn.Linear(d, cfg.in_channels * math.prod(cfg.patch))
         self.head_modulation = nn.Parameter(torch.randn(1, 1, 2, d) / d ** 0.5)
+        self.checkpointing = False        # activation checkpointing per block (long sequences on GPUs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -374,7 +376,11 @@ class DiT(nn.Module):
             frames = torch.arange(grid[0], device=x.device).repeat_interleave(grid[1] * grid[2])
         h = seq[0]
         for block in self.blocks:
-            h, _ = block(h, mod, cond, (cos, sin, cos, sin), frames, mask)
+            if self.checkpointing and torch.is_grad_enabled():
+                h, _ = torch.utils.checkpoint.checkpoint(block, h, mod, cond, (cos, sin, cos, sin), frames,
+                                                         mask, use_reentrant=False)
+            else:
+                h, _ = block(h, mod, cond, (cos, sin, cos, sin), frames, mask)
         return self.unpatchify(self.final(h[:, :tok.shape[1]], e, grid[1] * grid[2]), grid)
 
     def sequence(self, tok, pos, e, refs, grid):
