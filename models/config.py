@@ -40,6 +40,7 @@ class TrainSpec:
     betas: list = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.0
     warmup: int = 10
+    schedule: str = "constant"       # constant | cosine (to 0 at the run's last step)
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     checkpoint_every: int = 50

@@ -201,23 +201,21 @@ class MouthSource:
 # ---------------------------------------------------------------- sources and batches
 
 
-def open_source(data, store: str | None, seed: int, rank: int = 0, world: int = 1):
+def open_source(data, store: str | None, seed: int, rank: int = 0, world: int = 1, batch_size: int = 1):
     """The sample source of a config's ``data`` section for one rank: ``mouth`` (synthetic) or
-    ``store`` (curation.data.ClipStream over ``store``)."""
+    ``store`` (curation.data.ClipStream over ``store``: its global batch of ``batch_size`` x ``world``
+    windows is split evenly over the ranks, so each rank's samples are its share, step by step)."""
     if data.source == "mouth":
         return MouthSource(seed, data.frames, data.image, data.fps, rank, world, data.pool)
     if data.source != "store":
         raise ValueError(f"unknown data.source {data.source!r} (store, mouth)")
     if not store:
         raise ValueError("data.source store needs a store (--store)")
-    try:
-        from curation.data import ClipStream
-    except ImportError as e:
-        raise RuntimeError("curation.data.ClipStream is not in this checkout (the loader); "
-                           "use data.source: mouth") from e
+    from curation.data import ClipStream
     return ClipStream(store, where=data.where, profile=data.profile, window_s=data.window_s, seed=seed,
                       fps=data.fps, size=tuple(data.size) if data.size else None, rank=rank,
-                      world_size=world)
+                      world_size=world, batch_windows=batch_size * world,
+                      divisible_by=batch_size * world, max_references=data.max_refs)
 
 
 class Batches:

@@ -118,8 +118,19 @@ def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
 
 
-def warmup_lambda(warmup: int):
-    return lambda step: min(1.0, (step + 1) / max(1, warmup))
+def lr_lambda(warmup: int, schedule: str, total: int):
+    """Linear warm-up over ``warmup`` steps, then constant or a cosine decay to 0 at step ``total``
+    (the run's --steps: resuming with another --steps changes the decay)."""
+    import math
+
+    def f(step: int) -> float:
+        w = min(1.0, (step + 1) / max(1, warmup))
+        if schedule == "cosine" and step >= warmup:
+            w *= 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+        return w
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown train.schedule {schedule!r} (constant, cosine)")
+    return f
 
 
 class Run:
@@ -140,8 +151,10 @@ class Run:
         t = cfg.train
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=tuple(t.betas),
                                      weight_decay=t.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_lambda(t.warmup))
-        self.source = open_source(cfg.data, args.get("store"), cfg.seed, ctx.rank, ctx.world)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(t.warmup, t.schedule,
+                                                                             int(args["steps"])))
+        self.source = open_source(cfg.data, args.get("store"), cfg.seed, ctx.rank, ctx.world,
+                                  t.batch_size)
         self.batches = Batches(self.source, self.task.spec, t.batch_size, warn=self.warn,
                                cache=cfg.data.cache)
         self.step = 0
