@@ -44,9 +44,15 @@ class Avatar(nn.Module):
                                    ref_valid, t_video)
 
     def forward(self, x, t, texts, speak, listen, speak_on=None, listen_on=None, ref_latents=None,
-                ref_types=None, ref_subs=None, ref_valid=None):
-        """Velocity for noisy latents x (B, C, T', H, W) at per-frame timesteps t (B, T')."""
+                ref_types=None, ref_subs=None, ref_valid=None, causal=None):
+        """Velocity for noisy latents x (B, C, T', H, W) at per-frame timesteps t (B, T'); with
+        ``causal`` (a models.distill.causal.CausalSpec) the causal student's full forward: references
+        anchored at its cap, the chunk-wise block mask."""
         cond = self.conditions(texts, speak, listen, speak_on, listen_on)
+        if causal is not None:
+            from models.distill.causal import CausalStudent
+            student = CausalStudent(self, causal)
+            return student.full(x, t, cond, student.references(ref_latents, ref_types, ref_subs, ref_valid))
         refs = self.references(ref_latents, ref_types, ref_subs, ref_valid,
                                x.shape[2] // self.cfg.patch[0])
         return self.dit(x, t, cond, refs)

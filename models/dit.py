@@ -192,14 +192,15 @@ class CrossAttention(nn.Module):
         a_text = attention(q, k, heads(self.v_text(cond.text), h), cond.text_mask[:, None, None, :])
         out = self.o_text(merge_heads(a_text))
         on = cond.speak_on if self.branch == "speak" else cond.listen_on
-        if not torch.is_grad_enabled() and not bool((on != 0).any()):
+        if video_frames.numel() == 0 or (not torch.is_grad_enabled() and not bool((on != 0).any())):
             return out          # muted at inference: skip the branch (training always runs it, so
                                 # every rank of a sharded model uses the same parameters)
         ctx = cond.speak if self.branch == "speak" else cond.listen
         nv = video_frames.shape[0]
         ka = heads(self.norm_k_audio(self.k_audio(ctx)), h)
         mask = self.audio_mask(video_frames, cond.audio_frames)
-        qa, ka = frame_rope(q[:, :, :nv], video_frames), frame_rope(ka, cond.audio_frames)
+        base = video_frames.min()          # offsets from the first video frame: the same numbers
+        qa, ka = frame_rope(q[:, :, :nv], video_frames - base), frame_rope(ka, cond.audio_frames - base)
         a_audio = attention(qa, ka, heads(self.v_audio(ctx), h), mask)
         audio_out = self.o_audio(merge_heads(a_audio)) * on[:, None, None].to(x.dtype)
         return torch.cat([out[:, :nv] + audio_out, out[:, nv:]], 1)
@@ -207,7 +208,8 @@ class CrossAttention(nn.Module):
 
 def frame_rope(x: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """Temporal RoPE by latent frame index (B, H, N, d): in the audio cross-attention a video token
-    tells its own frame's audio tokens from its neighbours' (relative offsets only)."""
+    tells its own frame's audio tokens from its neighbours' (relative offsets only; the caller passes
+    offsets from the chunk's first frame, so frame 10 and frame 30,000 rotate by the same angles)."""
     pos = torch.zeros(1, frames.shape[0], 3, device=x.device)
     pos[0, :, 0] = frames.float()
     return apply_rope(x, *rope_cos_sin(pos, x.shape[-1]))
