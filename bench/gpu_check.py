@@ -2,7 +2,10 @@
 (default the 1.3B shape) trained for a few steps in bf16 on random inputs of a real shape (default
 81 frames at 480x832 through a Wan-style VAE: 16 latent channels, 4x time, 8x space -> 21 x 60 x 104
 latents, 32,760 video tokens + one reference image). Prints step time (forward + backward + AdamW),
-peak memory, and video tokens per second as one JSON object.
+peak memory, and video tokens per second as one JSON object; then the causal student on the same
+weights (models/distill/causal.py): the max difference between its chunk-by-chunk KV-cache path and
+one full forward under the block mask in that dtype, and frames per second of a chunk-by-chunk
+rollout (chunk 3, 2 steps per chunk: the distilled backbone's cost, without the VAE decode).
 
     python bench/gpu_check.py                                # 1.3b, bf16 weights, CUDA
     python bench/gpu_check.py --flavour 14b --checkpointing  # activation checkpointing per block
@@ -54,6 +57,49 @@ def step(model: DiT, opt, d: dict):
     return loss, refs.tokens.shape[1]
 
 
+@torch.no_grad()
+def causal_check(model: DiT, d: dict, chunk: int, steps: int, sync) -> dict:
+    """The causal student on the same model: max |chunked with KV cache - one full forward under the
+    block mask| in the model's dtype, and frames per second of a chunk-by-chunk rollout (``steps``
+    denoising steps per chunk, noisy-history cache)."""
+    from types import SimpleNamespace
+
+    from models.distill.causal import CausalSpec, CausalStudent, chunk_bounds
+    from models.distill.stream import Branches, fewstep_chunk
+    x, t = d["x"][:1], d["t"][:1]
+    t_lat = x.shape[2]
+    for w in [model.head.weight] + [b.cross.v_audio.weight for b in model.blocks]:
+        torch.nn.init.normal_(w, std=model.cfg.dim ** -0.5)     # zero-initialised: give them values
+    spec = CausalSpec(chunk=chunk, first_chunk=1, sink=1, window=2, cap=max(t_lat, 1 + 3 * chunk))
+    avatar = SimpleNamespace(dit=model, references=lambda lat, ty, su, va, anchor: model.references(
+        lat, ty, su, va, anchor))
+    student = CausalStudent(avatar, spec)
+    cond = model.conditions(d["text"][:1], d["text_mask"][:1], d["speak"][:1], d["listen"][:1])
+    refs = student.references(d["ref"][:1], d["zeros"][:1], d["zeros"][:1], d["ref_valid"][:1])
+    full = student.full(x, t, cond, refs)
+    cache, outs = student.prime(refs, cond, 1), []
+    for c, (s, e) in enumerate(chunk_bounds(t_lat, chunk, 1)):
+        v, kv = student.step(x[:, :, s:e], t[:, s:e], cond, cache, c, s)
+        student.commit(cache, c, s, e, kv)
+        outs.append(v)
+    err = (torch.cat(outs, 2).float() - full.float()).abs().max().item()
+    branches = Branches(student, [cond], [1.0], refs, 1)
+    gen = torch.Generator().manual_seed(0)
+    sync()
+    t0 = time.perf_counter()
+    sched = [1.0, 0.5, 0.25, 0.125][:steps]
+    for c, (s, e) in enumerate(chunk_bounds(t_lat, chunk, 1)):
+        noise = torch.randn((1, x.shape[1], e - s, *x.shape[3:]), generator=gen).to(x.device, x.dtype)
+        x0, kvs = fewstep_chunk(branches, noise, c, s, sched, gen, "noisy")
+        branches.commit(c, s, e, kvs)
+    sync()
+    took = time.perf_counter() - t0
+    frames = 1 + 4 * (t_lat - 1)
+    return {"causal_chunk": chunk, "causal_steps": steps, "causal_cache_max_abs_diff": err,
+            "causal_full_max_abs": full.float().abs().max().item(),
+            "causal_rollout_s": round(took, 3), "causal_fps": round(frames / took, 2)}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flavour", default="1.3b")
@@ -65,6 +111,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--causal-chunk", type=int, default=3, help="latent frames per chunk of the causal "
+                    "student's check (0: skip it)")
+    ap.add_argument("--causal-steps", type=int, default=2, help="denoising steps per chunk of its rollout")
     a = ap.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: no CUDA device (this check is for GPU machines; --device cpu --flavour toy is a dry run)")
@@ -94,6 +143,9 @@ def main(argv=None) -> dict:
            "step_s": round(dt, 4), "tokens_per_s": round(n_video / dt, 1), "loss": float(loss.detach()),
            "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
            "checkpointing": a.checkpointing}
+    if a.causal_chunk:
+        model.eval()
+        out.update(causal_check(model, d, a.causal_chunk, a.causal_steps, sync))
     print(json.dumps(out))
     return out
 

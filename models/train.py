@@ -20,6 +20,7 @@ last checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -106,6 +107,19 @@ class Dist:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def gathered(self, *models):
+        """Whole parameters inside (FSDP2 unshard / reshard), for calls that bypass a model's root
+        forward (a chunk-by-chunk rollout)."""
+        sharded = [m for m in models if self.world > 1 and hasattr(m, "unshard")]
+        for m in sharded:
+            m.unshard()
+        try:
+            yield
+        finally:
+            for m in sharded:
+                m.reshard()
 
 
 def rng_state() -> dict:
@@ -240,8 +254,15 @@ def trim_metrics(path: Path, step: int) -> None:
 
 
 def train_loop(args: dict, ctx: Dist, on_step=None) -> dict:
-    """Run (or resume) to ``args['steps']`` steps on this rank; returns the last metrics record."""
-    run = Run(args, ctx)
+    """Run (or resume) a training task to ``args['steps']`` steps on this rank."""
+    return run_loop(Run(args, ctx), args, ctx, on_step)
+
+
+def run_loop(run, args: dict, ctx: Dist, on_step=None) -> dict:
+    """The loop every run shares (training tasks, distillation stages): resume from
+    ``out/checkpoint``, step to ``args['steps']``, one metrics line per step, checkpoints every
+    ``train.checkpoint_every`` steps and at the end; returns the last metrics record. ``run`` has
+    ``out``, ``cfg``, ``step``, ``restore()``, ``one_step()`` and ``save(last)``."""
     resumed = run.restore()
     metrics = run.out / "metrics.jsonl"
     if ctx.main:

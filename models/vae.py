@@ -47,11 +47,13 @@ class PixelVAE(nn.Module):
         x = x.reshape(b, c, -1, r, h // s, s, w // s, s)
         return x.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, -1, x.shape[2], h // s, w // s) * self.scale
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, first: bool = True) -> torch.Tensor:
+        """Frames of latents z; ``first`` False: z continues a sequence (its first latent is not the
+        image latent: all r frames of every latent are returned)."""
         b, _, tl, hl, wl = z.shape
         r, s = self.temporal, self.s2d
         x = (z / self.scale).reshape(b, 3, r, s, s, tl, hl, wl).permute(0, 1, 5, 2, 6, 3, 7, 4)
-        x = x.reshape(b, 3, tl * r, hl * s, wl * s)[:, :, r - 1:]
+        x = x.reshape(b, 3, tl * r, hl * s, wl * s)[:, :, (r - 1 if first else 0):]
         if self.pool > 1:
             x = x.repeat_interleave(self.pool, 3).repeat_interleave(self.pool, 4)
         return x
@@ -120,9 +122,11 @@ class CausalVAE3D(nn.Module):
             mean = mean + noise * (0.5 * logvar).exp()
         return mean * self.scale
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, first: bool = True) -> torch.Tensor:
+        """Frames of latents z; ``first`` False: z continues a sequence (all r frames of every latent;
+        give the 2 latents before a chunk as context for exact frames: the decoder sees 2 back)."""
         h = F.silu(self.dec_mix(F.silu(self.from_latent(z / self.scale))))
-        h = self.dec_time(h)[:, :, self.temporal - 1:]
+        h = self.dec_time(h)[:, :, (self.temporal - 1 if first else 0):]
         return self.dec_space(h)
 
     def loss(self, x: torch.Tensor, generator, kl_weight: float = 1e-4):

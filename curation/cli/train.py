@@ -61,6 +61,10 @@ def register(app: typer.Typer) -> None:
         weights: str = typer.Option("ema", "--weights", help="ema or model weights."),
         first_frame: bool = typer.Option(True, "--first-frame/--no-first-frame",
                                          help="Use the reference as the clean first frame."),
+        stream: bool = typer.Option(False, "--stream", help="Roll a distilled causal student (a `curation "
+                                    "distill` checkpoint) forward chunk by chunk; reports frames per second."),
+        refiner: Optional[str] = typer.Option(None, "--refiner", help="With --stream: the one-step refiner's "
+                                              "checkpoint (stage refiner)."),
     ):
         """Generate a video of the reference person speaking AUDIO, written with the audio as an mp4."""
         import time
@@ -73,16 +77,24 @@ def register(app: typer.Typer) -> None:
         bad = sorted(set(mute or []) - {"speak", "listen"})
         if bad:
             raise typer.BadParameter(f"--mute takes speak or listen, got {', '.join(bad)}")
-        gen = Generator(checkpoint, weights)
         speak = load_audio(audio, 16000)
         listen = load_audio(listen_audio, 16000) if listen_audio else None
         ref = np.asarray(Image.open(reference).convert("RGB"))
+        if stream:
+            from models.distill.generate import StreamGenerator
+            gen = StreamGenerator(checkpoint, refiner=refiner, which=weights)
+        else:
+            gen = Generator(checkpoint, weights)
         t0 = time.perf_counter()
-        frames = gen.video(speak, listen, ref, text=text, seed=seed, steps=steps, first_frame=first_frame,
-                           mute=tuple(mute or ()))
+        if stream:
+            frames = gen.stream([speak], [listen], [ref], [text], seed=seed)[0][0]
+        else:
+            frames = gen.video(speak, listen, ref, text=text, seed=seed, steps=steps, first_frame=first_frame,
+                               mute=tuple(mute or ()))
         took = time.perf_counter() - t0
         fps = gen.cfg.data.fps
         mix = speak[: int(round(len(frames) / fps * 16000))]
         write_mp4(out, frames, fps, mix)
         console().print(f"{out}: {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} at {fps:g} fps "
-                        f"({len(frames) / fps:.2f} s) in {took:.1f} s ({len(frames) / took:.1f} frames/s)")
+                        f"({len(frames) / fps:.2f} s) in {took:.2f} s ({len(frames) / took:.1f} frames/s"
+                        f"{', streamed chunk by chunk' if stream else ''})")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-MOUTH_STEPS = 300
+MOUTH_STEPS = 400
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +20,14 @@ def mouth_teacher(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mouth_teacher")
     train(load_config(ROOT / "models" / "configs" / "mouth.yaml"), out, MOUTH_STEPS)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> str:
+    """A mouth-config DiT checkpoint after 2 steps (for tests that need a teacher, not a good one)."""
+    from models.config import load_config
+    from models.train import train
+    out = tmp_path_factory.mktemp("tiny_teacher")
+    train(load_config(ROOT / "models" / "configs" / "mouth.yaml", {"train.batch_size": 2, "data.pool": 4}),
+          out, 2)
+    return str(out / "checkpoint")

@@ -15,3 +15,4 @@ def test_gpu_check_dry_run_reports_step_time_and_tokens_per_second():
                     "--steps", "1", "--text-len", "4", "--dtype", "fp32"])
     assert out["video_tokens"] == 3 * 2 * 2 and out["reference_tokens"] == 4
     assert out["step_s"] > 0 and out["tokens_per_s"] > 0 and out["loss"] > 0
+    assert out["causal_cache_max_abs_diff"] <= 1e-5 and out["causal_fps"] > 0 and out["causal_chunk"] == 3
