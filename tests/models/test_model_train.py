@@ -130,16 +130,38 @@ def test_the_toy_causal_vae_trains_as_a_task_and_the_dit_trains_on_its_latents(t
         train(load_config(MOUTH, {**SMALL, "vae": {"kind": "causal"}}), tmp_path / "bad", 1)
 
 
+def _rank(rank: int, args: dict, port: int) -> None:
+    """One rank of a plain torch.distributed (gloo) run of the same loop: the uninterrupted reference."""
+    import torch.distributed as dist
+
+    from models.train import Dist, train_loop
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        train_loop(args, Dist(rank, 2))
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_resume_under_a_two_worker_ray_torchtrainer_with_fsdp2(tmp_path, ray_session):
-    """20 steps on 2 Ray Train workers (FSDP2 over gloo) == the same run whose rank-0 worker process
-    dies after step 13 (Ray restarts the group, which resumes from the step-10 checkpoint)."""
+    """A 2-worker Ray TorchTrainer run (FSDP2 over gloo) whose rank-0 worker process dies after step 13
+    (Ray restarts the group, which resumes from the step-10 checkpoint) ends bit for bit where an
+    uninterrupted 20-step 2-rank run of the same loop ends (started with torch.multiprocessing: one
+    Ray fit less)."""
+    import socket
+
+    import torch.multiprocessing as mp
     cfg = load_config(MOUTH, {**SMALL, "train.checkpoint_every": 10})
-    train(cfg, tmp_path / "whole", 20, workers=2)
     train(cfg, tmp_path / "crashed", 20, workers=2, fail_at_step=13, max_failures=1)
     assert (tmp_path / "crashed" / "failed_once").exists()
-    state = load_state(tmp_path / "whole" / "checkpoint")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = {"config": cfg.to_dict(), "out": str(tmp_path / "whole"), "steps": 20, "store": None}
+    mp.spawn(_rank, args=(args, port), nprocs=2, join=True)
+    state = load_state(tmp_path / "crashed" / "checkpoint")
     assert state["world"] == 2 and len(state["data"]) == 2
     same_checkpoint(tmp_path / "whole" / "checkpoint", tmp_path / "crashed" / "checkpoint")
     assert losses(tmp_path / "whole") == losses(tmp_path / "crashed")

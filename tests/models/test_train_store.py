@@ -32,3 +32,8 @@ def test_loss_falls_on_store_windows_and_the_same_seed_gives_the_same_losses_bit
     assert losses(tmp_path / "b") == a
     state = load_state(tmp_path / "b" / "checkpoint")
     assert state["data"][0]["step"] > 0 and state["data"] == load_state(tmp_path / "a" / "checkpoint")["data"]
+    # the store's Whisper features (the audio_features step, tiny.en: 5 groups x 384) as the audio input
+    whisper = load_config(ROOT / "models" / "configs" / "toy.yaml", {"audio": {"features": "whisper"}})
+    last = train(whisper, tmp_path / "w", 3, store=store)
+    assert last["step"] == 3 and np.isfinite(last["loss"])
+    assert load_state(tmp_path / "w" / "checkpoint")["config"]["audio"]["features"] == "whisper"
