@@ -65,14 +65,14 @@ def test_the_stages_in_order_give_a_few_step_causal_student_that_follows_the_aud
 
 
 def test_a_dmd_stage_resumes_exactly(tiny_teacher, tmp_path):
-    """dmd-on 6 steps == 3 steps, a new run from the checkpoint, 3 more: student, its EMA and
+    """dmd-on 4 steps == 2 steps, a new run from the checkpoint, 2 more: student, its EMA and
     optimizer, the fake score and its optimizer, bit for bit; the same losses."""
     teacher = tiny_teacher
-    cfg = load_config(MOUTH, {"train.batch_size": 2, "train.checkpoint_every": 3,
+    cfg = load_config(MOUTH, {"train.batch_size": 2, "train.checkpoint_every": 2,
                               "distill.trajectories": 2, "distill.fake_ratio": 2})
-    distill("dmd-on", cfg, tmp_path / "a", 6, teacher, init=teacher)
-    distill("dmd-on", cfg, tmp_path / "b", 3, teacher, init=teacher)
-    distill("dmd-on", cfg, tmp_path / "b", 6, teacher, init=teacher)
+    distill("dmd-on", cfg, tmp_path / "a", 4, teacher, init=teacher)
+    distill("dmd-on", cfg, tmp_path / "b", 2, teacher, init=teacher)
+    distill("dmd-on", cfg, tmp_path / "b", 4, teacher, init=teacher)
     from models.checkpoint import load_part
     for part in ("model", "ema", "fake"):
         a, b = load_part(tmp_path / "a" / "checkpoint", part), load_part(tmp_path / "b" / "checkpoint", part)
