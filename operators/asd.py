@@ -83,6 +83,9 @@ def face_span(video: dict, row: dict, frames, max_gap_s: float, what: str):
                                duration_s=(hi - lo + 2) / FPS)
         except MediaError as e:
             raise OperatorError(str(e)) from None
+    want = int(round((hi - lo + 2) / FPS * 16000))
+    if len(audio) < want:   # the audio stream ends before the span does: silence (load_audio's rule)
+        audio = np.pad(audio, (0, want - len(audio)))
     pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
     return has_face, seg, fill_gaps(boxes[seg]) * frames.scale, pcm
 
