@@ -56,7 +56,7 @@ def clip_audio(audio: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
 
 class AudioVariants(Operator):
     name = "audio_variants"
-    version = "1"
+    version = "2"   # 2: silence where the audio stream does not reach; the file's timeline
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"
     reads = ("clips.start_s", "clips.end_s", "clips.frame_times", "clips.frame_states",
