@@ -101,3 +101,13 @@ def validate_where(text: str) -> str:
         raise _fail(text, f"{tree.sql(dialect=dialect)!r} is a value, not a condition "
                           "(compare it, e.g. '> 0')")
     return text
+
+
+def parse_where(text: str) -> exp.Expression:
+    """The syntax tree of a valid predicate (raises :class:`InvalidFilter` like validate_where)."""
+    return sqlglot.parse_one(validate_where(text), into=exp.Condition, dialect=_Lance())
+
+
+def render(node: exp.Expression) -> str:
+    """SQL text of a (sub-)tree of :func:`parse_where`, in the quoting Lance reads."""
+    return node.sql(dialect=_Lance())

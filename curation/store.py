@@ -131,6 +131,9 @@ class Store:
         self.compact_fragments = COMPACT_FRAGMENTS
         # nothing is created until the first write (reading a wrong path must not make a store)
 
+    def __getstate__(self):   # opened datasets stay in their process
+        return {k: v for k, v in self.__dict__.items() if k != "_versions"}
+
     @property
     def is_local(self) -> bool:
         return "://" not in self.uri or self.uri.startswith("file://")
@@ -169,7 +172,15 @@ class Store:
             return None
 
     def dataset(self, table: str, version: int | str | None = None):
-        ds = self._open(table, version)
+        if isinstance(version, int):   # a numbered version never changes: open it once
+            cache = self.__dict__.setdefault("_versions", {})
+            if (table, version) not in cache:
+                cache[(table, version)] = self._open(table, version)
+            ds = cache[(table, version)]
+            if ds is None:
+                del cache[(table, version)]
+        else:
+            ds = self._open(table, version)
         if ds is None:
             raise StoreError(f"table {table!r} not found in store {self.uri}"
                              + (f" (version {version!r})" if version is not None else ""))
@@ -463,6 +474,67 @@ class Store:
                                limit=limit)
         except Exception as e:
             raise StoreError(f"bad query on {table} ({_short(where)!r}): {_clean(e)}") from e
+
+    def query_blobs(self, table: str, blob: str, where: str | None = None,
+                    columns: Sequence[str] = (), version: int | str | None = None) -> list[dict]:
+        """Rows matching ``where`` with ``columns`` and the bytes of the blob column ``blob`` (a
+        query returns a blob column's descriptors, not its bytes; null blobs give None)."""
+        ds = self.dataset(table, version=version)
+        return ds.to_table(columns=list(columns) + [blob], filter=_checked(where),
+                           blob_handling="all_binary").to_pylist()
+
+    def blob_range(self, table: str, column: str, where: str, offset: int, size: int,
+                   version: int | str | None = None) -> bytes | None:
+        """``size`` bytes from ``offset`` of the blob column ``column`` of the first row matching
+        ``where`` (a ranged read: a window's slice of a long video's features, not the whole blob);
+        None when no row matches or the blob is null."""
+        ds = self.dataset(table, version=version)
+        t = ds.to_table(columns=[], filter=_checked(where), with_row_id=True, limit=1)
+        if not t.num_rows:
+            return None
+        (f,) = ds.take_blobs(column, ids=[t["_rowid"][0].as_py()])
+        if f is None:
+            return None
+        with f:
+            f.seek(offset)
+            return f.read(size)
+
+    def page(self, table: str, where: str | None = None, columns: Sequence[str] | None = None,
+             order_by: str | None = None, descending: bool = False, limit: int = 50,
+             offset: int = 0) -> pa.Table:
+        """One page of the rows matching WHERE, sorted and cut by Lance's scanner (a top-k over the
+        sort column; nulls last), for paging readers: the whole table never leaves the store."""
+        from lance.dataset import ColumnOrdering
+        where = _checked(where)
+        ds = self.dataset(table)
+        names = ds.schema.names
+        unknown = [c for c in list(columns or []) + ([order_by] if order_by else []) if c not in names]
+        if unknown:
+            raise StoreError(f"unknown column(s) in {table}: {', '.join(unknown)}")
+        order = [ColumnOrdering(order_by, ascending=not descending, nulls_first=False)] if order_by else None
+        try:
+            return ds.to_table(columns=list(columns) if columns else None, filter=where,
+                               limit=limit, offset=offset or None, order_by=order)
+        except Exception as e:
+            raise StoreError(f"bad query on {table} ({_short(where)!r}): {_clean(e)}") from e
+
+    def evaluate(self, table: str, expressions: dict[str, str], where: str | None = None,
+                 limit: int | None = None) -> pa.Table:
+        """SQL expressions (``{"name": "abs(sync_offset_frames) <= 3"}``) computed by Lance on the
+        rows matching WHERE: the values a filter sees, by the engine that applies it."""
+        where = _checked(where)
+        ds = self.dataset(table)
+        try:
+            return ds.to_table(columns=dict(expressions), filter=where, limit=limit)
+        except Exception as e:
+            raise StoreError(f"bad expression on {table} ({_short(', '.join(expressions.values()))!r}): "
+                             f"{_clean(e)}") from e
+
+    def blob(self, table: str, where: str, column: str) -> bytes | None:
+        """The bytes of a blob column (e.g. ``references.image``) of the first row matching WHERE."""
+        ds = self.dataset(table)
+        t = ds.to_table(columns=[column], filter=_checked(where), limit=1, blob_handling="all_binary")
+        return t[column][0].as_py() if t.num_rows else None
 
     def count(self, table: str, where: str | None = None) -> int:
         where = _checked(where)

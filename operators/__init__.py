@@ -6,6 +6,7 @@ add tests/operators/test_NAME.py, and use it as a step in a workflow.
 from operators.asd import Asd
 from operators.asr import Asr
 from operators.audio import Audio
+from operators.audio_features import AudioFeatures
 from operators.audio_variants import AudioVariants
 from operators.captions import Captions, CaptionsConversation
 from operators.clip_speech import ClipSpeech
@@ -43,6 +44,7 @@ REGISTRY = {op.name: op for op in (
     Rerank,
     AudioVariants,
     Asr,
+    AudioFeatures,
     ClipTranscript,
     Emotion,
     References,

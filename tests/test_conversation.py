@@ -4,20 +4,15 @@ vr_face1 (one woman talking to camera), lp_d3 (grimaces, no speech), lp_d0 (no a
 second half of dj_video4 (the woman in front talks, the one behind combs her hair)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import COMPOSITES, ROOT
 from curation.cli import app
-from curation.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
-CURATION = str(Path(sys.executable).parent / "curation")
 pytestmark = [pytest.mark.slow]
 
 ACCEPTANCE = ("track_id", "frame_times", "frame_states", "frame_state_probs", "speak_ratio",
@@ -26,57 +21,11 @@ ACCEPTANCE = ("track_id", "frame_times", "frame_states", "frame_state_probs", "s
               "speaker_audio_uri", "listener_audio_uri")
 
 
-# Composites of shared talking clips whose truth is how they were built (docs/av-labels.md): two
-# faces side by side (360 x 360 each, 5 s) or one, and whose voice is heard. "owner": the face whose
-# own voice it is, per half of the clip (left / right / none).
-_V = "fps=25,scale=360:360,setsar=1"
-COMPOSITES = {
-    # vr_face3 talks with her voice, Katie Hill beside her mouths her own words without sound
-    "mouthing": (["st_WDA_KatieHill_000.mp4", "vr_face3.mp4"],
-                 f"[0:v]{_V}[a];[1:v]{_V}[b];[a][b]hstack[v]", "1:a", ("right", "right")),
-    # the same two talking all the time; the first half of the audio is Katie's, the second vr_face3's
-    "alternating": (["st_WDA_KatieHill_000.mp4", "vr_face3.mp4"],
-                    f"[0:v]{_V}[a];[1:v]{_V}[b];[a][b]hstack[v];[0:a]aresample=44100,atrim=0:2.5,"
-                    "asetpts=PTS-STARTPTS[x];[1:a]aresample=44100,atrim=2.5:5,asetpts=PTS-STARTPTS[y];"
-                    "[x][y]concat=n=2:v=0:a=1[au]", "[au]", ("left", "right")),
-    # vr_face3 talking, the sound replaced by silence
-    "silence": (["vr_face3.mp4"], f"[0:v]{_V}[v];anullsrc=r=44100:cl=mono,atrim=0:5[au]", "[au]", (None, None)),
-    # vr_face3 talking, Katie Hill's voice instead of hers (a dub / voice-over)
-    "other_voice": (["vr_face3.mp4", "st_WDA_KatieHill_000.mp4"], f"[0:v]{_V}[v]", "1:a", (None, None)),
-}
-
-
-def _composite(media, out, inputs, graph, audio):
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
-    for name in inputs:
-        cmd += ["-i", str(media / name)]
-    cmd += ["-filter_complex", graph, "-map", "[v]", "-map", audio, "-t", "5", "-c:v", "libx264",
-            "-preset", "veryfast", "-c:a", "aac", str(out)]
-    subprocess.run(cmd, check=True)
-    return out
-
-
 @pytest.fixture(scope="module")
-def conv(tmp_path_factory, media, models):
-    d = tmp_path_factory.mktemp("conv")
-    dj = d / "dj_video4_tail.mp4"      # 13-22.4 s: the talking part, both women in frame
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", "13", "-i", str(media / "dj_video4.mp4"),
-                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(dj)], check=True)
-    st = Store(str(d / "store"))
-    comps = [_composite(media, d / f"composite_{k}.mp4", *v[:3]) for k, v in COMPOSITES.items()]
-    files = [media / "vr_face1.mp4", media / "vr_face2.mp4", media / "lp_d3.mp4", media / "lp_d0.mp4", dj,
-             *comps]
-    # a process of its own, as a user runs it (in-process, without Ray: the step order is fixed)
-    cmd = [CURATION, "run", str(ROOT / "workflows" / "conversation.yaml"), "--store", str(d / "store"),
-           "--models", str(models), "--local"] + [x for f in files for x in ("--input", str(f))]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    assert run.returncode == 0, run.stderr[-3000:]
-    summary = run.stdout
-    names = {v["video_id"]: Path(v["uri"]).name for v in st.query("videos").to_pylist()}
-    clips: dict[str, list[dict]] = {}
-    for c in st.query("clips", where="clip_kind = 'person'").to_pylist():
-        clips.setdefault(names[c["video_id"]], []).append(c)
-    return st, summary, clips, d
+def conv(conversation_store):
+    """The conversation workflow's store (built once per session in conftest.py, shared with
+    tests/test_audit.py): (store, run summary, person clips by file name, directory)."""
+    return conversation_store
 
 
 def _speech_frames(c):
@@ -184,9 +133,9 @@ def _side(st, c) -> str:
     return "left" if np.median((boxes[:, 0] + boxes[:, 2]) / 2) < 360 else "right"
 
 
-def _composite_check(conv, kind):
+def _composite_check(comp, kind):
     """The audio owner speaks on >= 90 % of its speech frames, any other face on <= 10 %."""
-    st, _, clips, _ = conv
+    st, _, clips, _ = comp
     rows = clips[f"composite_{kind}.mp4"]
     owners = COMPOSITES[kind][3]
     faces = 2 if "hstack" in COMPOSITES[kind][1] else 1
@@ -204,26 +153,28 @@ def _composite_check(conv, kind):
 
 
 @pytest.mark.parametrize("kind", ["mouthing", "silence", "other_voice"])
-def test_composites_the_voice_owner_speaks_and_no_other_face_does(conv, kind):
-    _composite_check(conv, kind)
+def test_composites_the_voice_owner_speaks_and_no_other_face_does(composite_store, kind):
+    _composite_check(composite_store, kind)
 
 
 @pytest.mark.xfail(strict=True, reason="turns that change mid-speech: the sync gain needs seconds of "
                                        "speech to tell the owner (docs/av-labels.md, measured)")
-def test_composite_alternating_talkers(conv):
-    _composite_check(conv, "alternating")
+def test_composite_alternating_talkers(composite_store):
+    _composite_check(composite_store, "alternating")
 
 
-def test_the_shipped_filters_keep_the_talking_clips(conv):
+def test_the_shipped_filters_keep_the_talking_clips(conv, composite_store):
     """conversation.yaml's filters keep at least one clip of vr_face1, vr_face2 and of dj_video4's
     talking woman (the larger face), as a person curating by eye would."""
-    st, _, clips, d = conv
     import yaml
     wf = yaml.safe_load((ROOT / "workflows" / "conversation.yaml").read_text())
     where = " AND ".join(f"({f['where']})" for f in wf["filters"])
-    kept = {c["clip_id"] for c in st.query("clips", where=f"error IS NULL AND {where}").to_pylist()}
+    kept = set()
+    for st, _, _, _ in (conv, composite_store):
+        kept |= {c["clip_id"] for c in st.query("clips", where=f"error IS NULL AND {where}").to_pylist()}
+    assert any(c["clip_id"] in kept for c in composite_store[2]["vr_face2.mp4"])
+    st, _, clips, d = conv
     tracks = {t["track_id"]: t for t in st.query("tracks").to_pylist()}
-    for name in ("vr_face1.mp4", "vr_face2.mp4"):
-        assert any(c["clip_id"] in kept for c in clips[name]), name
+    assert any(c["clip_id"] in kept for c in clips["vr_face1.mp4"])
     front = max({c["track_id"] for c in clips["dj_video4_tail.mp4"]}, key=lambda t: tracks[t]["face_size_px"] or 0)
     assert any(c["clip_id"] in kept and c["track_id"] == front for c in clips["dj_video4_tail.mp4"])

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from curation.cli.common import console
+from curation.cli.common import console, warn
 from rich.table import Table
 
 FORMATS = ("table", "jsonl", "csv")
@@ -100,6 +100,7 @@ def register(app: typer.Typer) -> None:
                  id: str = typer.Argument(..., help="A clip_id, video_id (or a unique prefix) or track_id.")):
         """Every field of one clip, video or track, readable."""
         from curation.stats import find_row
+        from curation.store import StoreError
         table, row, extra = find_row(store, id)
         con = console()
         t = Table(title=f"{table} {row.get(_key(table))}", show_header=False)
@@ -109,7 +110,10 @@ def register(app: typer.Typer) -> None:
             t.add_row(k, _cell(v, 2000))
         con.print(t)
         if table == "clips" and row.get("frame_states"):
-            _print_states(con, store, row)
+            try:
+                _print_states(con, store, row)
+            except StoreError as e:   # a store without the people tables: the fields say it all
+                warn(f"no state strip: {e}")
         for title, rows in extra.items():
             if rows:
                 sub = Table(title=title)
@@ -131,7 +135,7 @@ def register(app: typer.Typer) -> None:
             for r in rows:
                 if r["table"] != current:
                     current = r["table"]
-                    print(f"\n#### {current}\n\n| column | type | written by |\n|---|---|---|")
+                    print(f"\n## {current}\n\n| column | type | written by |\n|---|---|---|")
                 print(f"| {r['column']} | {r['type']} | {r['writer']} |")
             return
         view = Table()
@@ -144,7 +148,7 @@ def register(app: typer.Typer) -> None:
 
 def _print_states(con, store: str, clip: dict) -> None:
     """The per-frame state strip of the clip's track and of the other tracks of its span."""
-    from curation.audit import _people_of
+    from curation.audit.sample import _people_of
     from curation.store import Store
     from curation.timeline import summary_line, text_strip
     _, strips = _people_of(Store(store), clip)
