@@ -26,7 +26,7 @@ SENTENCE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text
 
 class Asr(Operator):
     name = "asr"
-    version = "1"
+    version = "2"   # 2: audio on the file's presentation timeline
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.vocals_uri", "videos.separation_ran")
     writes = pa.schema([

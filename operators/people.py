@@ -87,7 +87,7 @@ _F32 = pa.float32()
 
 class People(Operator):
     name = "people"
-    version = "3"   # 3: track ids VIDEO:SHOT:tK (apart from clip ids VIDEO:SHOT:CLIP)
+    version = "4"   # 4: frame times on the file's presentation timeline (3: track ids VIDEO:SHOT:tK)
     input_table = "shots"
     output_table = "tracks"
     reads = ("shots.start_s", "shots.end_s", "shots.shot_index", "videos.width", "videos.height")
