@@ -29,7 +29,7 @@ SENTENCE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text
 
 class Asr(Operator):
     name = "asr"
-    version = "2"   # 2: CTranslate2 runtime (same units on the shared clips; asr_backend names it)
+    version = "3"   # 2: presentation timeline; 3: CTranslate2 runtime (asr_backend names it)
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.vocals_uri", "videos.separation_ran")
     writes = pa.schema([

@@ -18,7 +18,7 @@ SAMPLE_RATE = 16000
 
 class Audio(Operator):
     name = "audio"
-    version = "2"   # 2: the ONNX VAD (same spans, backend label says onnx)
+    version = "3"   # 3: audio on the file's presentation timeline (2: the ONNX VAD)
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.duration_s")
     writes = pa.schema([

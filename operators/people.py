@@ -94,7 +94,7 @@ _F32 = pa.float32()
 
 class People(Operator):
     name = "people"
-    version = "4"   # 3: track ids VIDEO:SHOT:tK; 4: YuNet's second chance (face_source), face_fps
+    version = "5"   # 3: ids VIDEO:SHOT:tK; 4: presentation timeline; 5: YuNet (face_source), face_fps
     input_table = "shots"
     output_table = "tracks"
     reads = ("shots.start_s", "shots.end_s", "shots.shot_index", "videos.width", "videos.height")

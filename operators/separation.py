@@ -59,7 +59,7 @@ def union(a: list[dict], b: list[dict]) -> list[dict]:
 
 class Separation(Operator):
     name = "separation"
-    version = "2"
+    version = "3"   # 3: vocals on the file's presentation timeline
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.speech_segments", "videos.vad_backend")
     writes = pa.schema([
