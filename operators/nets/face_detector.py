@@ -1,11 +1,10 @@
 """Face boxes with YuNet (``detector/yunet_face.onnx``, shared/models/README.md), through OpenCV's
 ``cv2.FaceDetectorYN`` (OpenCV 5 here; the model takes any input size).
 
-YuNet finds faces from about 10 px (at its input) to the whole image, frontal to near profile; the
-FaceLandmarker's own detector (BlazeFace short-range, 128 x 128 input) misses faces under about
-30 px *at its input*, i.e. faces under about a quarter of the crop it is given. operators/people.py
-uses YuNet to find the face in a person's upper-body crop and then gives the FaceLandmarker a crop
-zoomed on that face (operators.nets.face_landmarks.FaceLandmarks.zoomed).
+YuNet finds faces from about 10 px (at its input) to the whole image, frontal to profile, where the
+FaceLandmarker finds none (profiles, faces looking down, hands over the face).
+operators.nets.face_finder uses it on a person's upper-body crop for the frames the FaceLandmarker
+missed, then MediaPipe's mesh on a crop zoomed on that face (operators.nets.face_mesh).
 
 ``detect(rgb)`` -> (N, 9) float32 rows x1, y1, x2, y2, score, then the centres of the eyes (x, y
 of the one on the image's left, then the other) in the image's pixels, best first.

@@ -2,7 +2,7 @@
 blendshape and geometry graphs without its face detector.
 
 The FaceLandmarker (operators.nets.face_landmarks) runs its own detector, BlazeFace short-range,
-before the mesh: it misses faces turned to profile and faces under about a quarter of its input.
+before the mesh, and finds no face on profiles, faces looking down and faces behind hands.
 :class:`FaceMesh` builds the same MediaPipe Tasks graphs from the same bundle
 (``mediapipe/face_landmarker.task``: ``face_landmarks_detector.tflite``, ``face_blendshapes.tflite``,
 ``geometry_pipeline_metadata_landmarks.binarypb``) behind a region of interest given per image
