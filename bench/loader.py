@@ -170,12 +170,12 @@ def padding(args, store: str) -> None:
     print(f"\n## token-bucket padding ({len(windows)} windows of 2-6 s from 10,000 clips of 2-20 s, "
           f"{len(lengths)} lengths {lengths[0]}-{lengths[-1]} frames, 3 frame sizes, budget "
           f"{args.batch_tokens:,} tokens a global batch, batches a multiple of 8 windows)\n")
-    print("| epoch | global batches | windows per batch | padding | spares (not yielded) |\n|---|---|---|---|---|")
+    print("| epoch | global batches | windows per batch | padding (frames) | pad slots (repeats) |\n|---|---|---|---|---|")
     for e in range(3):
         p = epoch_plan(windows, 0, e, batch_tokens=args.batch_tokens, divisible_by=8)
         n = [len(b) for b in p.batches]
-        spares = sum(map(len, p.spares.values()))
-        print(f"| {e} | {len(n)} | {min(n)}-{max(n)} | {p.padding:.4f} | {spares} ({spares / len(windows):.2%}) |")
+        pads = sum(map(len, p.pads.values()))
+        print(f"| {e} | {len(n)} | {min(n)}-{max(n)} | {p.padding:.4f} | {pads} ({pads / sum(n):.2%}) |")
 
 
 def main() -> None:

@@ -42,7 +42,9 @@ def collate(samples: list[dict]) -> dict:
     """One step's samples as a batch: frames (B, T, H, W, 3) uint8, audio / speak_audio /
     listen_audio (B, N) float32, states (B, T) int8 (-1 past a window's end), audio_features
     (B, T, G, D) float32 or None, ``frame_mask`` (B, T) bool: True on real frames (windows of one
-    token bucket differ by under 2 % in length; the shorter ones are padded), and lists of the rest."""
+    token bucket differ by under 2 % in length; the shorter ones are padded), ``pad`` (B,) bool and
+    ``weight`` (B,) float32, 0 for a padding sample (a repeated window, see curation.data.plan: give
+    it no weight in the loss) and 1 otherwise, and lists of the rest."""
     t_max = max(len(s["frames"]) for s in samples)
     n_max = max(len(s["audio"]) for s in samples)
     batch = {
@@ -50,6 +52,8 @@ def collate(samples: list[dict]) -> dict:
         "frame_mask": torch.from_numpy(_pad([np.ones(len(s["frames"]), bool) for s in samples], t_max)),
         "states": torch.from_numpy(_pad([s["states"] for s in samples], t_max, fill=-1)),
         "start_s": torch.tensor([s["start_s"] for s in samples], dtype=torch.float64),
+        "pad": torch.tensor([bool(s.get("pad")) for s in samples]),
+        "weight": torch.tensor([0.0 if s.get("pad") else 1.0 for s in samples], dtype=torch.float32),
         "epoch": samples[0]["epoch"], "step": samples[0]["step"],
     }
     for key in ("audio", "speak_audio", "listen_audio"):
