@@ -143,3 +143,34 @@ def which_ffmpeg() -> str:
     if not exe:
         pytest.fail("ffmpeg not on PATH (make test installs it)")
     return exe
+
+
+# ---- the bundled model (tests/models/) -----------------------------------------------------------
+# Here, not in tests/models/conftest.py: a second conftest module would shadow this one for the tests
+# that import helpers from it.
+MOUTH_STEPS = 400
+
+
+@pytest.fixture(scope="session")
+def mouth_teacher(tmp_path_factory) -> Path:
+    """The run directory of a toy avatar DiT trained MOUTH_STEPS steps on the synthetic mouth task
+    (models/configs/mouth.yaml): shared by the learning test and the distillation tests."""
+    import torch
+
+    from models.config import load_config
+    from models.train import train
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("mouth_teacher")
+    train(load_config(ROOT / "models" / "configs" / "mouth.yaml"), out, MOUTH_STEPS)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> str:
+    """A mouth-config DiT checkpoint after 2 steps (for tests that need a teacher, not a good one)."""
+    from models.config import load_config
+    from models.train import train
+    out = tmp_path_factory.mktemp("tiny_teacher")
+    train(load_config(ROOT / "models" / "configs" / "mouth.yaml", {"train.batch_size": 2, "data.pool": 4}),
+          out, 2)
+    return str(out / "checkpoint")
