@@ -108,6 +108,22 @@ def face_span(video: dict, row: dict, frames, max_gap_s: float, what: str, margi
     return has_face, seg, fill_gaps(boxes[seg]) * frames.scale, pcm
 
 
+def track_crops(frames, seg: slice, boxes: np.ndarray) -> np.ndarray:
+    """The ASD crops (operators.nets.asd.asd_crops) of ``frames.images[seg]`` with ``boxes``, made
+    once per decoded span for every step of a fused group that reads them (``asd`` and ``sync``:
+    ``Frames.derived``, keyed by the span and the boxes)."""
+    import hashlib
+
+    from operators.nets.asd import asd_crops
+    key = ("asd_crops", seg.start, seg.stop, hashlib.sha1(np.ascontiguousarray(boxes).tobytes()).hexdigest())
+    derived = getattr(frames, "derived", None)
+    if derived is None:
+        return asd_crops(frames.images[seg], boxes)
+    if key not in derived:
+        derived[key] = asd_crops(frames.images[seg], boxes)
+    return derived[key]
+
+
 class Asd(Operator):
     name = "asd"
     version = "2"   # 2: AVA weights by default, asd_sync_gain; audio on the file's timeline
@@ -144,7 +160,7 @@ class Asd(Operator):
         self.net = asd_net.ActiveSpeakerNet(self.model_dir, self.p["network"], self.p["checkpoint"])
 
     def process_row(self, video: dict, row: dict, frames) -> dict:
-        from operators.nets.asd import SAMPLES_PER_FRAME, SYNC_SHIFTS, asd_crops
+        from operators.nets.asd import SAMPLES_PER_FRAME, SYNC_SHIFTS
         margin = max(SYNC_SHIFTS)
         has_face, seg, boxes, pcm = face_span(video, row, frames, float(self.p["max_gap_s"]),
                                               "active-speaker scores", margin=margin, voice=True)
@@ -153,7 +169,7 @@ class Asd(Operator):
         logits, prob, gain = (np.full(n, np.nan, np.float32) for _ in range(3))
         if seg is not None:
             own = pcm[margin * SAMPLES_PER_FRAME:][: (seg.stop - seg.start + 1) * SAMPLES_PER_FRAME]
-            scores = self.net.score(asd_crops(frames.images[seg], boxes), own)
+            scores = self.net.score(track_crops(frames, seg, boxes), own)
             logits[seg], prob[seg] = scores.logits, scores.prob
             t = scores.n_scored
             g = np.full(seg.stop - seg.start, np.nan, np.float32)

@@ -89,17 +89,28 @@ def conversation_store(tmp_path_factory, media, models):
 
 @pytest.fixture(scope="session")
 def composite_store(tmp_path_factory, media, models):
-    """The conversation workflow on vr_face2 and the COMPOSITES (who speaks is known by how they
-    were built), as conversation_store runs it."""
+    """The conversation workflow's label steps (LABEL_STEPS: conversation.yaml's steps, params and
+    filters up to rerank) on vr_face2 and the COMPOSITES (who speaks is known by how they were
+    built), as conversation_store runs it. The steps after the labels (audio variants, Whisper,
+    transcripts) are tested on conversation_store and change nothing the composite tests read."""
+    import yaml
     d = tmp_path_factory.mktemp("composites")
     comps = [_composite(media, d / f"composite_{k}.mp4", *v[:3]) for k, v in COMPOSITES.items()]
-    return _conversation_run(d, [media / "vr_face2.mp4", *comps], models)
+    wf = yaml.safe_load((ROOT / "workflows" / "conversation.yaml").read_text())
+    wf["steps"] = [s for s in wf["steps"] if s["name"] in LABEL_STEPS]
+    assert {s["name"] for s in wf["steps"]} == set(LABEL_STEPS)
+    (d / "conversation_labels.yaml").write_text(yaml.safe_dump(wf, sort_keys=False))
+    return _conversation_run(d, [media / "vr_face2.mp4", *comps], models, d / "conversation_labels.yaml")
 
 
-def _conversation_run(d: Path, files: list[Path], models):
+LABEL_STEPS = ("probe", "shots", "audio", "clips", "people", "shot_people", "person_clips", "separation",
+               "asd", "sync", "speaker_states", "rerank")
+
+
+def _conversation_run(d: Path, files: list[Path], models, workflow: Path = ROOT / "workflows" / "conversation.yaml"):
     from curation.store import Store
     st = Store(str(d / "store"))
-    cmd = [str(Path(sys.executable).parent / "curation"), "run", str(ROOT / "workflows" / "conversation.yaml"),
+    cmd = [str(Path(sys.executable).parent / "curation"), "run", str(workflow),
            "--store", str(d / "store"), "--models", str(models), "--local"]
     run = subprocess.run(cmd + [x for f in files for x in ("--input", str(f))], capture_output=True,
                          text=True, timeout=1200)
