@@ -62,22 +62,37 @@ class Ingested(list):
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
-def resolve_inputs(paths: Iterable[str]) -> list[str]:
+def resolve_inputs(paths: Iterable[str], problems: list[tuple[str, str]] | None = None) -> list[str]:
     """Files as given (absolute, links not resolved); directories expanded recursively to their
-    entries with a video extension. A path that does not exist at all raises FileNotFoundError."""
+    entries with a video extension.
+
+    An input that does not exist is kept as a file (ingest gives it a row saying "file not found",
+    and it counts as failed); with ``problems`` given, (input, what is wrong) is added there for
+    it and for every directory with no video file in it (e.g. a directory named ``x.mp4``).
+    Without ``problems`` a missing input raises FileNotFoundError (library use)."""
     out: list[str] = []
     for p in paths:
         p = str(p)
-        if "://" in p and not p.startswith("file://"):
-            out.extend(_resolve_remote(p))
+        try:
+            if "://" in p and not p.startswith("file://"):
+                found = _resolve_remote(p)
+            else:
+                p = p.removeprefix("file://")
+                if os.path.isdir(p):
+                    found = _walk(os.path.abspath(p))
+                elif os.path.lexists(p):
+                    found = [os.path.abspath(p)]
+                else:
+                    raise FileNotFoundError(f"input not found: {p}")
+        except FileNotFoundError:
+            if problems is None:
+                raise
+            problems.append((p, "not found"))
+            out.append(p if "://" in p else os.path.abspath(p))
             continue
-        p = p.removeprefix("file://")
-        if os.path.isdir(p):
-            out.extend(_walk(os.path.abspath(p)))
-        elif os.path.lexists(p):
-            out.append(os.path.abspath(p))
-        else:
-            raise FileNotFoundError(f"input not found: {p}")
+        if not found and problems is not None:
+            problems.append((p, "a directory with no video file in it"))
+        out.extend(found)
     return list(dict.fromkeys(out))
 
 

@@ -77,6 +77,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import pyarrow as pa
 
+from curation import failures
 from curation.media import ChunksRestart, FrameSpec, Frames, MediaError, VideoDecoder, local_path
 
 FRAME_BUDGET_BYTES = 1 << 30   # decoded bytes of rows a frame stage holds before its steps run on them
@@ -253,12 +254,21 @@ class StepResult:
     error: str | None = None          # a failure of the whole video for this step
     seconds: float = 0.0
     marks: list[dict] | None = None   # input rows whose error this step sets or clears (key + error)
+    kind: str | None = None           # the failure's kind (curation.failures.POLICY), None when ok
+
+    @property
+    def retry(self) -> bool:
+        """The next run repeats this (video, step): it failed for a reason not the video's own."""
+        return self.kind is not None and failures.retried(self.kind)
+
+    @classmethod
+    def failure(cls, step: str, video_id: str, f: "failures.Failure", seconds: float = 0.0) -> "StepResult":
+        """The whole video failed this step."""
+        return cls(step, video_id, error=f.message, kind=f.kind, seconds=seconds)
 
 
 def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else ""
-    return msg if isinstance(e, (MediaError, OperatorError)) else f"{type(e).__name__}: {msg}"
+    return failures.of(e).message
 
 
 def _to_table(op: Operator, out: list[dict], keys: list[dict]) -> tuple[pa.Table, list[dict]]:
@@ -330,7 +340,7 @@ def _run_plain(step_op, video, rows, keys) -> StepResult:
         return StepResult(step, video["video_id"], rows=table, seconds=time.perf_counter() - t0,
                           marks=marks)
     except Exception as e:  # noqa: BLE001 - recorded on the row, never fatal for the run
-        return StepResult(step, video["video_id"], error=one_line(e), seconds=time.perf_counter() - t0)
+        return StepResult.failure(step, video["video_id"], failures.of(e), time.perf_counter() - t0)
 
 
 def _streams(op: Operator) -> bool:
@@ -430,7 +440,7 @@ def _decoded(steps, work, spec: FrameSpec, chunk_s: float, videos: list[dict], g
                         yield "row", (vi, ri, video, row, frames, frozenset())
                     del frames
         except Exception as e:  # noqa: BLE001 - the video could not be opened or decoded
-            pv["error"] = one_line(e)
+            pv["error"] = failures.of(e)
         finally:
             open_decoder[0] = decoder = None
 
@@ -549,18 +559,21 @@ def _results(steps, work, keys, videos, got, errs) -> list[list[StepResult]]:
         for vi, (video, rows) in enumerate(work):
             pv = videos[vi]
             if pv["error"]:
-                results[vi].append(StepResult(step, video["video_id"], error=pv["error"]))
+                results[vi].append(StepResult.failure(step, video["video_id"], pv["error"]))
                 continue
             seconds = pv["decode_s"] / len(steps) + pv["step_s"][si]
             out: list[dict] = []
             emitted: list[dict] = []
+            kind = None      # a row failure not the video's fault makes the next run repeat it
             for ri, row in enumerate(rows):
                 err = errs.get((vi, ri))
                 d = got[si].get((vi, ri)) if err is None else None
                 if err is not None:
                     d = {"error": err, "error_stage": step}
                 elif isinstance(d, BaseException):
-                    d = {"error": one_line(d), "error_stage": step}
+                    f = failures.of(d)
+                    kind = f.kind if f.retry else kind
+                    d = {"error": f.message, "error_stage": step}
                 elif op.emits:
                     if not isinstance(d, list):
                         d = {"error": f"operator {op.name!r} must return a list of rows",
@@ -580,8 +593,7 @@ def _results(steps, work, keys, videos, got, errs) -> list[list[StepResult]]:
                 else:
                     table, marks = _to_table(op, out, key_rows)
                 results[vi].append(StepResult(step, video["video_id"], table, seconds=seconds,
-                                              marks=marks))
+                                              marks=marks, kind=kind))
             except Exception as e:  # noqa: BLE001
-                results[vi].append(StepResult(step, video["video_id"], error=one_line(e),
-                                              seconds=seconds))
+                results[vi].append(StepResult.failure(step, video["video_id"], failures.of(e), seconds))
     return results

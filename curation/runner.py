@@ -32,15 +32,15 @@ from typing import Callable
 
 import pyarrow as pa
 
+from curation import failures
 from curation.operator import StepResult, key_of, one_line, run_stage
 from curation.ingest import ingest, resolve_inputs  # noqa: F401 - resolve_inputs is re-exported
-from curation.store import Store, sql_quote
+from curation.store import LeaseLost, Store, sql_quote
 from curation.workflow import Step, Workflow
 from schemas import KEYS, SCHEMA_VERSION
 
 
 INLINE_BYTES = 256 * 1024   # results larger than this are written to the store by the worker
-CRASHED = "worker crashed while processing this video"
 CALL_SECONDS = 1.0          # target seconds of work per worker call (see Runner._batch)
 
 
@@ -66,28 +66,29 @@ class StageWorker:
         self.table = table
         self.keys = KEYS[table]
         self.run_id = run_id
-        self.setup_error = None
+        self.setup_error: failures.Failure | None = None
         self.steps = []
-        try:
-            for name, cls, params in specs:
-                op = cls(model_dir=model_dir, **params)
-                op.artifact_root = f"{self.store.uri}/artifacts"
-                self.steps.append((name, op))
-            for _, op in self.steps:
+        for name, cls, params in specs:
+            op = cls(model_dir=model_dir, **params)
+            op.artifact_root = f"{self.store.uri}/artifacts"
+            self.steps.append((name, op))
+        for name, op in self.steps:
+            try:
                 op.setup()
-        except Exception as e:  # noqa: BLE001 - every video of the stage gets this error
-            self.setup_error = f"setup failed: {one_line(e)}"
+            except Exception as e:  # noqa: BLE001 - every video of the stage gets this error
+                self.setup_error = setup_failure(name, op, e)
+                break
         self.names = [spec[0] for spec in specs]
 
     def __call__(self, video_ids: list[str]) -> list[tuple[str, list[StepResult]]]:
         if self.setup_error:
-            return [(vid, [StepResult(n, vid, error=self.setup_error) for n in self.names])
+            return [(vid, [StepResult.failure(n, vid, self.setup_error) for n in self.names])
                     for vid in video_ids]
         try:
             work = self._load(video_ids)
         except Exception as e:  # noqa: BLE001 - the store could not be read: these videos fail
-            msg = f"cannot read inputs: {one_line(e)}"
-            return [(vid, [StepResult(n, vid, error=msg) for n in self.names]) for vid in video_ids]
+            f = failures.Failure("store", one_line(f"cannot read inputs: {failures.describe(e)}"))
+            return [(vid, [StepResult.failure(n, vid, f) for n in self.names]) for vid in video_ids]
         results = run_stage(self.steps, [(video, rows) for _, video, rows in work], self.keys)
         out = []
         for (vid, _, rows), per_step in zip(work, results):
@@ -187,6 +188,22 @@ class StageWorker:
         return {"staged": uri, "rows": r.rows.num_rows}
 
 
+def setup_failure(step: str, op, e: BaseException) -> failures.Failure:
+    """A step's setup() failed: one line naming the model file when one can be named (a deeper
+    check of each file than the run's pre-check, e.g. every zip member's CRC; else the files the
+    message names; else all of the step's files)."""
+    from pathlib import Path
+
+    from curation import weights
+    files = op.weight_files() if op.model_dir else []
+    bad = [f"{rel}: {what}" for rel in files
+           if (what := weights.problem(Path(op.model_dir) / rel, deep=True))]
+    named = [rel for rel in files if Path(rel).name in str(e)]
+    where = "; ".join(bad) or ", ".join(named) or ", ".join(files)
+    text = f"setup of step {step!r} failed" + (f" (model files {where})" if where else "")
+    return failures.Failure("setup", failures.one_line(f"{text}: {failures.describe(e)}"))
+
+
 def _fs(uri: str):
     import pyarrow.fs as pafs
     if "://" in uri and not uri.startswith("file://"):
@@ -219,10 +236,13 @@ def init_ray(workers: int | None = None) -> None:
     address = os.environ.get("RAY_ADDRESS")
     kwargs = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                   ignore_reinit_error=True)
+    ours = failures.sigterm_caught()
     if address:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=max(2, workers or 0, os.cpu_count() or 1), **kwargs)
+    if ours:   # ray.init sets its own SIGTERM handler (sys.exit): a run stops cleanly instead
+        failures.catch_sigterm()
 
 
 # ---- executors ---------------------------------------------------------------------------------------
@@ -236,7 +256,7 @@ class _LocalPool:
         try:
             return ("done", self.worker(vids))
         except Exception as e:  # noqa: BLE001
-            return ("failed", one_line(e))
+            return ("failed", failures.of(e))
 
     def shutdown(self):
         pass
@@ -374,7 +394,8 @@ class Runner:
     def __init__(self, workflow: Workflow, store: Store, model_dir: str | None = None,
                  workers: int = 2, executor: str = "ray", flush_every: int = 16,
                  flush_seconds: float = 15.0,
-                 progress: Callable[[str, int, int], None] | None = None):
+                 progress: Callable[[str, int, int], None] | None = None,
+                 fence: Callable[[], None] | None = None):
         self.wf = workflow
         self.store = store
         self.model_dir = model_dir
@@ -384,6 +405,7 @@ class Runner:
         self.flush_seconds = flush_seconds
         self.min_flush_s = 1.0              # commit at most once a second (unless all is idle)
         self.progress = progress or (lambda step, done, total: None)
+        self.fence = fence   # raises (e.g. store.LeaseLost) when this run may no longer write
         self.concurrency = (0.0, 0)   # (mean, max) worker calls in flight during the last stream
 
     def stages(self) -> list[Stage]:
@@ -415,7 +437,10 @@ class Runner:
             return None
         return " OR ".join(f"({m})" for m in dict.fromkeys(mine)) or "false"
 
-    def run(self, inputs: list[str], from_step: str | None = None, run_id: str | None = None) -> RunSummary:
+    def run(self, inputs: list[str], from_step: str | None = None, run_id: str | None = None,
+            uris: list[str] | None = None) -> RunSummary:
+        """Run the workflow over ``inputs`` (files, directories; ``uris``: the video files they
+        resolve to, when the caller resolved them already)."""
         t0 = time.perf_counter()
         run_id = run_id or new_run_id()
         if from_step and from_step not in self.wf.by_name:
@@ -423,7 +448,7 @@ class Runner:
                              f"{', '.join(self.wf.by_name)}")
         from curation.workflow import check_weights
         check_weights(self.wf, self.model_dir)   # every declared model file, before any work
-        uris = resolve_inputs(inputs)
+        uris = resolve_inputs(inputs) if uris is None else uris
         forced = ({from_step} | self.wf.descendants(from_step)) if from_step else set()
         self.store.upsert("runs", [{"run_id": run_id, "workflow": self.wf.name,
                                     "workflow_yaml": self.wf.text, "inputs": list(inputs),
@@ -436,9 +461,14 @@ class Runner:
         try:
             summary.steps = self._stream(video_ids, forced, run_id)
             summary.calls_in_flight, summary.max_calls_in_flight = self.concurrency
-        except BaseException:  # an interrupted or broken run says so (a killed one stays "running")
-            self.store.upsert("runs", [{"run_id": run_id, "finished_at": now(), "status": "failed"}])
+        except LeaseLost:   # another run holds the store now: not a single write more
             raise
+        except BaseException as e:  # an interrupted or broken run says so (a killed one stays "running")
+            state = "interrupted" if isinstance(e, (failures.Interrupted, KeyboardInterrupt)) else "failed"
+            self.store.upsert("runs", [{"run_id": run_id, "finished_at": now(), "status": state}])
+            raise
+        if self.fence is not None:
+            self.fence()
         for table in self.store.tables():
             self.store.optimize_indices(table)
         self.store.tag(run_id)
@@ -464,8 +494,10 @@ class Runner:
         status: dict[tuple[str, str], dict] = {}
         if self.store.exists("status") and video_ids:
             steps = ", ".join(sql_quote(n) for n in names)
+            have = set(self.store.schema("status").names)
             t = self.store.query("status", where=f"step IN ({steps})", columns=[
-                "step", "video_id", "op_version", "params_hash", "updated_at"])
+                c for c in ("step", "video_id", "op_version", "params_hash", "updated_at", "ok",
+                            "error", "failure") if c in have])
             wanted = set(video_ids)
             for r in t.to_pylist():
                 if r["video_id"] in wanted:
@@ -483,7 +515,9 @@ class Runner:
                     b.add(vid)
                     continue
                 upstream_runs = any(vid in need[d] for d in st.deps)
-                if v.get("error_stage") in anc and not upstream_runs:
+                failed_upstream = v.get("error_stage") in anc or any(
+                    _final_failure(status.get((a, vid))) for a in anc)
+                if failed_upstream and not upstream_runs:   # never on a failed step's output
                     b.add(vid)
                     continue
                 if upstream_runs or any(self._stale(status, ops[s.name], s.name, vid, forced) for s in st.steps):
@@ -497,6 +531,8 @@ class Runner:
             return True
         s = status.get((step, vid))
         if s is None or s["op_version"] != op.version or s["params_hash"] != op.params_hash():
+            return True
+        if _retried(s):   # failed for a reason not the video's own (curation.failures)
             return True
         ups = [status.get((a, vid)) for a in self.wf.ancestors(step)]
         return any(u and u["updated_at"] and u["updated_at"] > s["updated_at"] for u in ups)
@@ -590,12 +626,16 @@ class Runner:
                 cpu_budget, budget_at[0] = self._cpu_budget(), time.perf_counter()
             for st in reversed(stages):        # downstream first: videos finish, memory stays flat
                 i = st.index
+                if i in broken:
+                    ready[i].clear()
                 while ready[i]:
                     if st.inline or self.executor != "ray":   # in-process, synchronously
                         n = len(ready[i]) if st.inline else max(1, st.batch or 8)
                         vids = [ready[i].popleft() for _ in range(min(n, len(ready[i])))]
                         local_results.append((i, vids, pool(st).submit(vids), False))
-                        continue
+                        if st.inline:
+                            continue
+                        return   # one call at a time: its results are committed before the next
                     if running(i) >= st.workers:
                         break
                     need_cpu = st.resources.num_cpus
@@ -625,6 +665,10 @@ class Runner:
                 got = {vid for vid, _ in payload}
                 for vid, results in payload:
                     buffer[i].append((vid, results))
+                    setup = next((r for r in results if r.kind == "setup"), None)
+                    if setup is not None:   # no video can succeed in this stage: it stops here
+                        broken.setdefault(i, setup.error)
+                        ready[i].clear()
                 lost = [v for v in vids if v not in got]
                 for v in lost:   # a video row vanished between plan and work (deleted): skip
                     buffer[i].append((v, [StepResult(s.name, v, error="video row not found")
@@ -632,8 +676,7 @@ class Runner:
                 return
             for v in vids:
                 if alone or v in retry_alone[i]:
-                    buffer[i].append((v, [StepResult(s.name, v, error=payload or CRASHED)
-                                          for s in st.steps]))
+                    buffer[i].append((v, [StepResult.failure(s.name, v, payload) for s in st.steps]))
                 else:
                     retry_alone[i].add(v)
                     ready[i].appendleft(v)
@@ -658,7 +701,7 @@ class Runner:
                     outcome = ("done", ray.get(ref))
                     dead = False
                 except Exception as e:  # noqa: BLE001 - the worker died (crash, OOM kill)
-                    outcome, dead = ("failed", CRASHED if _is_crash(e) else one_line(e)), True
+                    outcome, dead = ("failed", failures.of_lost_worker(e)), True
                 pools[i].release(ref, dead) if hasattr(pools[i], "release") else None
                 take(i, vids, outcome, alone)
 
@@ -675,6 +718,8 @@ class Runner:
                     or (since >= self.min_flush_s and (n >= self.flush_every or self._starving(
                         stages, ready, inflight, buffer)))):
                 return
+            if self.fence is not None:   # this run must still hold the store (see StoreLease)
+                self.fence()
             status = []
             for st in stages:
                 i = st.index
@@ -699,8 +744,10 @@ class Runner:
             settle_skips(changes)
 
         busy_s, peak, t_start = 0.0, 0, time.perf_counter()
+        stop: list = [None]     # why the run stops early (a signal)
+        broken: dict[int, str] = {}   # stages whose setup failed -> the error (they stop)
         try:
-            while True:
+            while stop[0] is None:
                 dispatch()
                 if not inflight and not local_results and not any(ready) and not any(buffer):
                     break
@@ -711,10 +758,20 @@ class Runner:
                 flush(force=False)
                 if not inflight and not local_results and not any(ready):
                     flush(force=True)
+        except KeyboardInterrupt as e:    # Ctrl-C, or SIGTERM (failures.Terminated)
+            stop[0] = failures.Interrupted.of(e)
         finally:
             for p in pools.values():
                 p.shutdown()
             self.concurrency = (busy_s / max(1e-9, time.perf_counter() - t_start), peak)
+        if stop[0] is None and broken:   # the other stages went on; the run still fails
+            stop[0] = failures.SetupFailed("; ".join(dict.fromkeys(broken.values())))
+        if stop[0] is not None:   # what finished is committed; what was in flight runs next time
+            inflight.clear()
+            local_results.clear()
+            flush(force=True)
+            stop[0].committed = [(st.label, committed[st.index], total[st.index]) for st in stages]
+            raise stop[0]
         for st in stages:
             for s in st.steps:
                 sums[s.name].skipped = len(video_ids) - sums[s.name].done
@@ -793,8 +850,9 @@ class Runner:
                 s.seconds += r.seconds
                 status.append({"step": r.step, "video_id": vid, "op": cls.name,
                                "op_version": cls.version, "params_hash": op.params_hash(),
-                               "ok": r.error is None, "error": r.error, "rows": n_rows,
-                               "seconds": r.seconds, "run_id": run_id, "updated_at": now()})
+                               "ok": r.error is None, "error": r.error, "failure": r.kind,
+                               "rows": n_rows, "seconds": r.seconds, "run_id": run_id,
+                               "updated_at": now()})
             out = pa.concat_tables(outputs, promote_options="permissive") if outputs else None
             if cls.output_table != cls.input_table:
                 if emitted_for:  # emitted rows replace the videos' earlier rows (in the op's scope)
@@ -823,7 +881,17 @@ def _columns_exist(store: Store, table: str, predicate: str) -> bool:
     return all(w in names or w.upper() in keywords for w in words)
 
 
-def _is_crash(e: BaseException) -> bool:
-    name = type(e).__name__
-    return name in ("WorkerCrashedError", "RayActorError", "ActorDiedError", "OutOfMemoryError",
-                    "NodeDiedError", "ActorUnavailableError", "LocalRayletDiedError")
+def _retried(status: dict) -> bool:
+    """Whether a (video, step) status row says the next run must repeat it. Rows written before
+    the ``failure`` column existed: setup failures and lost workers, by their message."""
+    kind = status.get("failure")
+    if kind:
+        return kind in failures.POLICY and failures.retried(kind)
+    error = status.get("error") or ""
+    return status.get("ok") is False and (error.startswith("setup failed") or
+                                          error == failures.CRASHED)
+
+
+def _final_failure(status: dict | None) -> bool:
+    """A (video, step) that failed for good: nothing downstream of it runs on its output."""
+    return bool(status) and status.get("ok") is False and not _retried(status)

@@ -124,23 +124,25 @@ def _kind(step: Step) -> tuple:
 
 
 def check_weights(wf: Workflow, model_dir: str | None) -> None:
-    """Raise MissingWeightsError naming every step and model file that is missing."""
-    missing = missing_weights(wf, model_dir)
-    if missing:
-        listed = "; ".join(f"step {s!r} needs {p}" for s, p in missing)
-        raise MissingWeightsError(f"missing model file(s): {listed}")
+    """Raise MissingWeightsError naming every step and model file that is missing or does not look
+    loadable (empty, truncated, not its format: :mod:`curation.weights`), before any step runs."""
+    bad = weight_problems(wf, model_dir)
+    if bad:
+        listed = "; ".join(f"step {s!r} needs {p}" + ("" if what == "missing" else f" ({what})")
+                           for s, p, what in bad)
+        head = ("missing model file(s)" if all(w == "missing" for *_, w in bad)
+                else "model file(s) missing or not loadable")
+        raise MissingWeightsError(f"{head}: {listed}")
 
 
-def missing_weights(wf: Workflow, model_dir: str | None) -> list[tuple[str, str]]:
-    """(step, path) of every model file a step declares that is not in ``model_dir``."""
-    from pathlib import Path
-    out = []
-    for step in wf.steps:
-        for rel in step.make(model_dir).weight_files():
-            path = Path(model_dir or ".") / rel
-            if not model_dir or not path.is_file():
-                out.append((step.name, str(path) if model_dir else f"{rel} (no --models given)"))
-    return out
+def weight_problems(wf: Workflow, model_dir: str | None) -> list[tuple[str, str, str]]:
+    """(step, path, problem) of every model file a step declares that is missing from
+    ``model_dir`` or does not look loadable."""
+    from curation import weights
+    files = [(step.name, rel) for step in wf.steps for rel in step.make(model_dir).weight_files()]
+    return [(s, f"{p} (no --models given)" if what == "no --models given" else p,
+             "missing" if what in ("missing", "no --models given") else what)
+            for s, p, what in weights.problems(files, model_dir)]
 
 
 def _topo_order(steps: list[Step]) -> list[Step]:
@@ -275,7 +277,25 @@ def load(path_or_text: str | Path, registry: dict[str, type[Operator]] | None = 
                   description=str(doc.get("description") or ""))
     _topo_order(steps)  # raises on a cycle
     _check_inputs(wf)
+    _check_filters(wf)
     return wf
+
+
+def _check_filters(wf: Workflow) -> None:
+    """Every column a filter reads is a column of ``clips`` this workflow writes (or a base column):
+    a filter over a misspelt or absent column would only show as "not applied" in the funnel."""
+    from curation.sql import columns_of
+    from schemas import TABLES
+    have = set(TABLES["clips"].names)
+    for s in wf.steps:
+        if s.op_cls.output_table == "clips":
+            have.update(s.op_cls.writes.names)
+    for f in wf.filters:
+        unknown = sorted(columns_of(f.where) - have)
+        if unknown:
+            raise WorkflowError(f"filter {f.name!r} reads {', '.join(unknown)}, which is not a "
+                                f"column of clips that this workflow writes; see `curation "
+                                f"schema clips`")
 
 
 def _check_inputs(wf: Workflow) -> None:

@@ -63,3 +63,45 @@ def which_ffmpeg() -> str:
     if not exe:
         pytest.fail("ffmpeg not on PATH (make test installs it)")
     return exe
+
+
+@pytest.fixture(scope="session")
+def tiny_videos(tmp_path_factory) -> list[Path]:
+    """Eight distinct 1 s 160x120 H.264 videos (made once per session)."""
+    d = tmp_path_factory.mktemp("tiny")
+    out = []
+    for i in range(8):
+        f = d / f"tiny{i}.mp4"
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+                        f"testsrc=size=160x120:rate=25,hue=h={40 * i}", "-t", "1", "-c:v", "libx264",
+                        "-pix_fmt", "yuv420p", str(f)], check=True)
+        out.append(f)
+    return out
+
+
+class CliResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """``curation.cli.main`` in this process (the installed command's code path, no start-up cost):
+    ``cli("query", "--store", ...)`` returns its exit code, stdout and stderr."""
+    import sys
+
+    def call(*args) -> CliResult:
+        from curation.cli import main
+        capsys.readouterr()
+        old = sys.argv
+        sys.argv = ["curation", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            sys.argv = old
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+    return call
