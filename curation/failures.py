@@ -158,6 +158,7 @@ class Interrupted(RunStopped):
         # Ray's ray.wait turns any exception a signal handler raises into a KeyboardInterrupt:
         # the signal that came is remembered by the handlers
         term = isinstance(e, Terminated) or _last_signal[0] == "SIGTERM"
+        _last_signal[0] = None
         out = cls(f"stopped by {'SIGTERM' if term else 'SIGINT (Ctrl-C)'}")
         out.exit_code = 143 if term else 130
         return out
@@ -189,3 +190,19 @@ def catch_sigterm() -> None:
 def sigterm_caught() -> bool:
     import signal
     return signal.getsignal(signal.SIGTERM) is _on_sigterm
+
+
+# ---- a row's error --------------------------------------------------------------------------------
+def row_marks(step: str, keys: list[dict], rows: list[dict], outcomes: list[str | None]) -> list[dict]:
+    """The error marks one step puts on its input rows (key + ``error`` + ``error_stage``): the one
+    place that decides a row's error. ``outcomes[i]``: the row's error (one line), or None when the
+    step succeeded on it. A failed row gets its error with ``error_stage`` = the step; a row that
+    succeeded and whose error came from this step has it cleared (a re-run that now succeeds); a
+    row whose error came from another step keeps it."""
+    out = []
+    for key, row, error in zip(keys, rows, outcomes):
+        if error is not None:
+            out.append({**key, "error": one_line(error), "error_stage": step})
+        elif row.get("error_stage") == step:
+            out.append({**key, "error": None, "error_stage": None})
+    return out

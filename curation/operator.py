@@ -201,6 +201,9 @@ class Operator:
     def setup(self) -> None:
         """Load models once per worker (override when ``needs_model``)."""
 
+    def teardown(self) -> None:
+        """Release what ``setup()`` holds (native graphs, sessions, files) when the worker ends."""
+
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
         """Non-frame operators: all input rows of one video at once."""
         raise NotImplementedError
@@ -271,20 +274,23 @@ def one_line(e: BaseException) -> str:
     return failures.of(e).message
 
 
-def _to_table(op: Operator, out: list[dict], keys: list[dict]) -> tuple[pa.Table, list[dict]]:
-    """Check ``out`` against the declared schema; return the table of values (with the keys of
-    annotated rows) and the error marks (rows that set or clear their ``error``), kept apart so
-    that writing one step's values never touches an error another step recorded."""
+STRICT_COLUMNS = False   # tests set it: a row missing a declared column fails instead of writing null
+
+
+def _to_table(op: Operator, out: list[dict], keys: list[dict]) -> pa.Table:
+    """The values of ``out`` (one dict per row, errors left out) as a table of the declared schema,
+    with the keys of annotated rows. A column that is not declared fails the step; a declared one a
+    row leaves out is null (with :data:`STRICT_COLUMNS`: fails, so a test sees it)."""
     declared = set(op.writes.names)
     key_names = set(keys[0]) if keys else set()
-    marks = []
-    for i, d in enumerate(out):
+    for d in out:
         extra = set(d) - declared - key_names - {"error", "error_stage"}
         if extra:
             raise OperatorError(f"operator {op.name!r} returned undeclared column(s) "
                                 f"{', '.join(sorted(extra))}")
-        if "error" in d and keys:
-            marks.append({**keys[i], "error": d["error"], "error_stage": d.get("error_stage")})
+        if STRICT_COLUMNS and d and not d.get("error") and declared - set(d):
+            raise OperatorError(f"operator {op.name!r} did not return column(s) "
+                                f"{', '.join(sorted(declared - set(d)))}")
     body = pa.Table.from_pylist([{n: d.get(n) for n in op.writes.names} for d in out],
                                 schema=op.writes)
     if keys:
@@ -292,7 +298,12 @@ def _to_table(op: Operator, out: list[dict], keys: list[dict]) -> tuple[pa.Table
         for name in key_table.column_names:
             if name not in body.column_names:
                 body = body.append_column(name, key_table[name])
-    return body, marks
+    return body
+
+
+def _outcome(d) -> str | None:
+    """A row's error from what the operator returned for it (None: the row succeeded)."""
+    return d.get("error") if isinstance(d, dict) else None
 
 
 def key_of(row: dict, key: tuple[str, ...]) -> dict:
@@ -328,17 +339,16 @@ def _run_plain(step_op, video, rows, keys) -> StepResult:
     t0 = time.perf_counter()
     try:
         out = op.process(video, rows)
-        if op.emits:
-            table, marks = _to_table(op, out, [])
+        if not op.emits and len(out) != len(rows):
+            raise OperatorError(f"operator {op.name!r} returned {len(out)} rows for "
+                                f"{len(rows)} input rows")
+        key_rows = [key_of(r, keys) for r in rows]
+        if op.emits:   # new rows; the input rows succeeded
+            table, outcomes = _to_table(op, out, []), [None] * len(rows)
         else:
-            if len(out) != len(rows):
-                raise OperatorError(f"operator {op.name!r} returned {len(out)} rows for "
-                                    f"{len(rows)} input rows")
-            out = [{"error": None, "error_stage": None, **d} if r.get("error_stage") == step else d
-                   for d, r in zip(out, rows)]
-            table, marks = _to_table(op, out, [key_of(r, keys) for r in rows])
+            table, outcomes = _to_table(op, out, key_rows), [_outcome(d) for d in out]
         return StepResult(step, video["video_id"], rows=table, seconds=time.perf_counter() - t0,
-                          marks=marks)
+                          marks=failures.row_marks(step, key_rows, rows, outcomes))
     except Exception as e:  # noqa: BLE001 - recorded on the row, never fatal for the run
         return StepResult.failure(step, video["video_id"], failures.of(e), time.perf_counter() - t0)
 
@@ -561,39 +571,37 @@ def _results(steps, work, keys, videos, got, errs) -> list[list[StepResult]]:
             if pv["error"]:
                 results[vi].append(StepResult.failure(step, video["video_id"], pv["error"]))
                 continue
-            seconds = pv["decode_s"] / len(steps) + pv["step_s"][si]
-            out: list[dict] = []
-            emitted: list[dict] = []
-            kind = None      # a row failure not the video's fault makes the next run repeat it
-            for ri, row in enumerate(rows):
-                err = errs.get((vi, ri))
-                d = got[si].get((vi, ri)) if err is None else None
-                if err is not None:
-                    d = {"error": err, "error_stage": step}
-                elif isinstance(d, BaseException):
-                    f = failures.of(d)
-                    kind = f.kind if f.retry else kind
-                    d = {"error": f.message, "error_stage": step}
-                elif op.emits:
-                    if not isinstance(d, list):
-                        d = {"error": f"operator {op.name!r} must return a list of rows",
-                             "error_stage": step}
-                    else:
-                        emitted.extend(d)
-                        d = {"error": None, "error_stage": None} if row.get("error_stage") == step else {}
-                elif row.get("error_stage") == step:   # a re-run that now succeeds clears it
-                    d = {"error": None, "error_stage": None, **d}
-                out.append(d)
-            try:
-                key_rows = [key_of(r, keys) for r in rows]
-                if op.emits:
-                    table, _ = _to_table(op, emitted, [])
-                    marks = [{**k, "error": d.get("error"), "error_stage": d.get("error_stage")}
-                             for k, d in zip(key_rows, out) if "error" in d]
-                else:
-                    table, marks = _to_table(op, out, key_rows)
-                results[vi].append(StepResult(step, video["video_id"], table, seconds=seconds,
-                                              marks=marks, kind=kind))
-            except Exception as e:  # noqa: BLE001
-                results[vi].append(StepResult.failure(step, video["video_id"], failures.of(e), seconds))
+            outs = [errs.get((vi, ri), got[si].get((vi, ri))) for ri in range(len(rows))]
+            results[vi].append(_step_result(step, op, video, rows, keys, outs,
+                                            pv["decode_s"] / len(steps) + pv["step_s"][si]))
     return results
+
+
+def _step_result(step, op, video, rows, keys, outs, seconds) -> StepResult:
+    """One step's result for one video of a frame stage, from each row's output: a dict (or a list
+    of new rows for an emitting operator), an Exception, or a decode error (str)."""
+    outcomes, values, emitted = [], [], []
+    kind = None      # a row failure not the video's fault makes the next run repeat this step
+    for d in outs:
+        if isinstance(d, BaseException):
+            f = failures.of(d)
+            kind = f.kind if f.retry else kind
+            d = f.message
+        elif op.emits and not isinstance(d, (list, str)):
+            d = f"operator {op.name!r} must return a list of rows"
+        if isinstance(d, str):
+            outcomes.append(d)
+            values.append({})
+        elif op.emits:
+            outcomes.append(None)
+            emitted.extend(d)
+        else:
+            outcomes.append(_outcome(d))
+            values.append(d)
+    try:
+        key_rows = [key_of(r, keys) for r in rows]
+        table = _to_table(op, emitted, []) if op.emits else _to_table(op, values, key_rows)
+        return StepResult(step, video["video_id"], table, seconds=seconds, kind=kind,
+                          marks=failures.row_marks(step, key_rows, rows, outcomes))
+    except Exception as e:  # noqa: BLE001
+        return StepResult.failure(step, video["video_id"], failures.of(e), seconds)

@@ -479,6 +479,23 @@ class Store:
         except Exception as e:
             raise _query_error(e)(f"bad query on {table} ({_short(where)!r}): {_clean(e)}") from e
 
+    @staticmethod
+    def video_filter(video_ids: Sequence[str], extra: str | None = None) -> str:
+        """``video_id IN (...)`` for these videos, and ``extra`` (a predicate) when given."""
+        where = "video_id IN (" + ", ".join(sql_quote(v) for v in video_ids) + ")"
+        return f"({where}) AND ({extra})" if extra else where
+
+    def of_videos(self, table: str, video_ids: Sequence[str], columns: Sequence[str] | None = None,
+                  where: str | None = None, chunk: int = 1000) -> pa.Table:
+        """The rows of ``table`` of these videos (matching ``where``), ``chunk`` ids per query; an
+        empty table when there is no such table."""
+        if not self.exists(table) or not video_ids:
+            return pa.table({})
+        ids = list(video_ids)
+        parts = [self.query(table, where=self.video_filter(ids[i:i + chunk], where), columns=columns)
+                 for i in range(0, len(ids), chunk)]
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
     def count(self, table: str, where: str | None = None) -> int:
         where = _checked(where)
         ds = self._open(table)
@@ -677,21 +694,18 @@ class StoreLease:
                 log.debug("lease heartbeat failed: %s", one_line(e))
 
     def check(self) -> None:
-        """Raise :class:`LeaseLost` when this lease is no longer ours (another run took it over while
-        this one was paused past ``stale_s``, or it was removed). The runner calls it before every
-        commit, so a holder that lost its lease stops before it writes again. (Best effort: a pause
-        between this check and the commit that follows it is not fenced; commits are retried on
-        conflict in any case.)"""
-        if not self.held:
-            return
-        cur = None if self.lost else self.read()
-        if not cur or cur.get("token") != self.token:
-            self.lost = True
-            who = f"run {cur.get('run_id')} (host {cur.get('host')}, pid {cur.get('pid')})" \
-                if cur else "another run (the lease file is gone)"
-            raise LeaseLost(f"the lease on store {self.store.uri} was taken over by {who} while "
-                            f"this run was paused or cut off for more than {self.stale_s:.0f} s; "
-                            f"this run stopped without writing again")
+        """Raise :class:`LeaseLost` when this lease is no longer ours (see :class:`LeaseFence`)."""
+        if self.held:
+            try:
+                self.fence()
+            except LeaseLost:
+                self.lost = True
+                raise
+
+    @property
+    def fence(self) -> "LeaseFence":
+        """A picklable check of this lease, for whichever process commits (a worker, an actor)."""
+        return LeaseFence(self.store.uri, self.store.storage_options, self.token, self.stale_s)
 
     def release(self) -> None:
         self._stop.set()
@@ -713,6 +727,30 @@ class StoreLease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class LeaseFence:
+    """Called before every commit of a run: raises :class:`LeaseLost` when the lease is no longer
+    the run's (another run took it over while this one was paused or cut off past ``stale_s``, or
+    it was removed), so a holder that lost its lease stops before it writes again. Picklable: the
+    process that commits (the driver, a Ray worker or actor) checks it itself. Best effort: a pause
+    between this check and the commit that follows it is not fenced (commits are retried on
+    conflict in any case)."""
+
+    def __init__(self, store_uri: str, storage_options: dict | None, token: str, stale_s: float):
+        self.store_uri, self.storage_options = store_uri, storage_options
+        self.token, self.stale_s = token, stale_s
+
+    def __call__(self) -> None:
+        lease = StoreLease(Store(self.store_uri, self.storage_options), "?", self.stale_s)
+        cur = lease.read()
+        if cur and cur.get("token") == self.token:
+            return
+        who = f"run {cur.get('run_id')} (host {cur.get('host')}, pid {cur.get('pid')})" \
+            if cur else "another run (the lease file is gone)"
+        raise LeaseLost(f"the lease on store {self.store_uri} was taken over by {who} while this "
+                        f"run was paused or cut off for more than {self.stale_s:.0f} s; this run "
+                        f"stopped without writing again")
 
 
 def _storage_options_from_env(uri: str) -> dict | None:

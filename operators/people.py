@@ -167,6 +167,12 @@ class People(Operator):
         self.face_net = FaceLandmarks(self.model_dir)
         self.hand_net = HandLandmarks(self.model_dir)
 
+    def teardown(self) -> None:
+        for net in (getattr(self, "face_net", None), getattr(self, "hand_net", None)):
+            if net is not None:
+                net.close()   # MediaPipe's graphs and their threads
+        self.face_net = self.hand_net = None
+
     # ---- the worker's entry points ------------------------------------------------------------
     def process_row(self, video: dict, row: dict, frames: Frames) -> list[dict]:
         out = self.process_rows([(video, row, frames)])[0]

@@ -66,7 +66,7 @@ def _run_cmd(workflow, inputs, store, models, workers, from_step, local, flush_e
     try:
         with _native_logs(st, run_id, local):
             summary = _run(wf, st, inputs, uris, models, workers, flush_every, local, from_step,
-                           run_id, progress_console, lease.check)
+                           run_id, progress_console, lease.fence)
     finally:
         lease.release()
     _print_summary(wf, st, store, summary, workers)
