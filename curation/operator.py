@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -143,6 +144,7 @@ class OperatorError(RuntimeError):
 
 class Operator:
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""          # one line: what it computes (`curation schema --operators`)
     version: ClassVar[str] = "1"
     input_table: ClassVar[str] = "videos"
     output_table: ClassVar[str] = "videos"
@@ -210,8 +212,15 @@ class Operator:
 
     def process_row(self, video: dict, row: dict, frames: Frames) -> dict | list[dict]:
         """Frame operators: one input row with its decoded frames at ``self.frames`` (annotating
-        operators return one dict; emitting operators a list of new rows)."""
-        raise NotImplementedError
+        operators return one dict; emitting operators a list of new rows). An operator that only
+        implements :meth:`process_rows` gets this for free (one item; its exception raised)."""
+        if type(self).process_rows is Operator.process_rows:
+            raise NotImplementedError(f"operator {self.name!r} implements neither process_row "
+                                      f"nor process_rows")
+        out = self.process_rows([(video, row, frames)])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
 
     def stream(self, video: dict, row: dict, times: np.ndarray) -> "FrameSink | None":
         """Frame operators that can take a long row's span chunk by chunk: return a sink for this
@@ -225,7 +234,8 @@ class Operator:
 
     def process_rows(self, items: list[tuple[dict, dict, Frames]]) -> list:
         """Frame operators, several rows (of one or more videos) at once: override to batch a
-        network over them. Returns, per item, what process_row returns or the Exception raised."""
+        network over them. Returns, per item, what process_row returns or the Exception raised
+        (by default :meth:`process_row` on each item)."""
         out = []
         for video, row, frames in items:
             try:
@@ -274,7 +284,9 @@ def one_line(e: BaseException) -> str:
     return failures.of(e).message
 
 
-STRICT_COLUMNS = False   # tests set it: a row missing a declared column fails instead of writing null
+# A row missing a declared column fails instead of writing null: set in tests (tests/conftest.py
+# sets CURATION_STRICT_COLUMNS=1, which Ray workers and subprocesses inherit)
+STRICT_COLUMNS = os.environ.get("CURATION_STRICT_COLUMNS") == "1"
 
 
 def _to_table(op: Operator, out: list[dict], keys: list[dict]) -> pa.Table:

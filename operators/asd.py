@@ -89,6 +89,8 @@ def face_span(video: dict, row: dict, frames, max_gap_s: float, what: str):
 
 class Asd(Operator):
     name = "asd"
+    summary = ("person clips: LR-ASD / Light-ASD active-speaker logits and probabilities per frame "
+               "(25 fps face crops, MFCC audio)")
     version = "1"
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"

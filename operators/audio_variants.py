@@ -46,6 +46,7 @@ def gain_curve(keep: np.ndarray, n_samples: int, start_s: float, times: np.ndarr
 
 class AudioVariants(Operator):
     name = "audio_variants"
+    summary = "person clips: speaker-only and listener-only WAVs, per-frame speak/listen audio mask"
     version = "1"
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"

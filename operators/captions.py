@@ -226,6 +226,8 @@ def record_to_row(record: dict, start_s: float, backend: str) -> dict:
 
 class Captions(Operator):
     name = "captions"
+    summary = ("shot clips: Qwen-Omni scene class, dense / summary / span captions, tags (local "
+               "transformers or an OpenAI-compatible endpoint)")
     version = "1"
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'shot' OR clip_kind IS NULL"
@@ -328,12 +330,6 @@ class Captions(Operator):
         """The output columns of one captioned clip (``req``: the request it was captioned from)."""
         return record_to_row(record, float(row["start_s"]), self.net.backend)
 
-    def process_row(self, video: dict, row: dict, frames: Frames) -> dict:
-        out = self.process_rows([(video, row, frames)])[0]
-        if isinstance(out, BaseException):
-            raise out
-        return out
-
     def process_rows(self, items: list[tuple[dict, dict, Frames]]) -> list:
         """All rows of the call go to the backend at once (``caption_many``); per-row errors stay
         per row (an Exception in the returned list)."""
@@ -389,6 +385,9 @@ class Captions(Operator):
 
 class CaptionsConversation(Captions):
     name = "captions_conversation"
+    summary = ("person clips: the same about the clip's own track (named by its place and size in "
+               "the frame), aligned to the ASR sentence units, listener captions, the two-judgement "
+               "silent check")
     version = "2"   # 2: the instruction names the clip's track (caption_subject), not the most prominent person
     input_filter = "clip_kind = 'person'"
     reads = Captions.reads + ("clips.transcript_segments", "clips.role", "clips.frame_states",

@@ -65,6 +65,9 @@ def face_boxes_at(track: dict | None, times: np.ndarray, match_s: float = MATCH_
 
 class Emotion(Operator):
     name = "emotion"
+    summary = ("person clips: 7-class facial emotion per frame at 5 fps (FER2013 CNN / EmotiEffLib) "
+               "on the track's faces; clip label by top-N mean, neutral correction, emotional > 0.7 "
+               "(LongCat §2.4)")
     version = "1"
     input_table = "clips"
     output_table = "clips"
@@ -110,12 +113,6 @@ class Emotion(Operator):
             self.net = emotieff.EmotiEff(self.model_dir, self.p["model_name"])
             self.crop = emotieff.face_crops
             self.backend = f"emotiefflib/{self.p['model_name']}.onnx/onnxruntime"
-
-    def process_row(self, video: dict, row: dict, frames: Frames) -> dict:
-        out = self.process_rows([(video, row, frames)])[0]
-        if isinstance(out, BaseException):
-            raise out
-        return out
 
     def process_rows(self, items: list[tuple[dict, dict, Frames]]) -> list:
         """All face crops of all items through the network at once; then each clip's label."""

@@ -87,6 +87,9 @@ _F32 = pa.float32()
 
 class People(Operator):
     name = "people"
+    summary = ("person boxes (YOLOX-nano ONNX / ultralytics YOLO), ByteTrack, MediaPipe faces "
+               "(mouth, jawOpen, head pose, visibility) and hands at 25 fps, static flag, "
+               "composition")
     version = "3"   # 3: track ids VIDEO:SHOT:tK (apart from clip ids VIDEO:SHOT:CLIP)
     input_table = "shots"
     output_table = "tracks"
@@ -174,12 +177,6 @@ class People(Operator):
         self.face_net = self.hand_net = None
 
     # ---- the worker's entry points ------------------------------------------------------------
-    def process_row(self, video: dict, row: dict, frames: Frames) -> list[dict]:
-        out = self.process_rows([(video, row, frames)])[0]
-        if isinstance(out, BaseException):
-            raise out
-        return out
-
     def process_rows(self, items: list[tuple[dict, dict, Frames]]) -> list:
         """Detection over the detection frames of all items in one batched call; the rest per item
         (each shot given to its :class:`ShotTracks` as one chunk)."""

@@ -24,6 +24,7 @@ _COLUMNS = ("clip_id", "video_id", "shot_index", "clip_index", "clip_kind", "tra
 
 class PersonClips(Operator):
     name = "person_clips"
+    summary = "one person clip per non-static track with a face per shot clip span"
     version = "1"
     input_table = "tracks"
     output_table = "clips"

@@ -178,6 +178,8 @@ def jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
 class References(Operator):
     name = "references"
+    summary = ("JPEG reference images per track: global (inside + outside each person clip), 1-4 "
+               "views by head yaw, expressions from >= 1080p sources (LPM §2.4)")
     version = "1"
     input_table = "tracks"
     output_table = "references"

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, Param, Resources
-from operators.speaker_states import STATES
+from schemas.labels import STATES
 from schemas import SPANS
 
 FRAME_S = 0.04
@@ -92,6 +92,8 @@ def spans_of(mask: np.ndarray, times: np.ndarray) -> list[dict]:
 
 class Rerank(Operator):
     name = "rerank"
+    summary = ("person clips: smoothing, persistence, one speaker at a time, overlaps excluded, "
+               "roles")
     version = "1"
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"

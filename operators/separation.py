@@ -59,6 +59,8 @@ def union(a: list[dict], b: list[dict]) -> list[dict]:
 
 class Separation(Operator):
     name = "separation"
+    summary = ("Spleeter 2-stem (or Demucs) vocals where music/noise is measured, voice activity on "
+               "them")
     version = "2"
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.speech_segments", "videos.vad_backend")

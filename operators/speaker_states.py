@@ -30,8 +30,7 @@ import pyarrow as pa
 
 from curation.operator import Operator, OperatorError, Param, Resources
 
-STATES = ("speak", "listen", "idle", "discard")
-STATE_PROBS = pa.struct([(s, pa.float32()) for s in STATES])
+from schemas.labels import STATE_PROBS, STATES
 FRAME_S = 0.04
 
 
@@ -89,6 +88,8 @@ def state_probs(s: np.ndarray, q: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 class SpeakerStates(Operator):
     name = "speaker_states"
+    summary = ("person clips: speak / listen / idle / discard probabilities per frame (LPM §2.2 "
+               "rules)")
     version = "1"
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"

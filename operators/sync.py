@@ -29,6 +29,8 @@ FPS = 25.0
 
 class Sync(Operator):
     name = "sync"
+    summary = ("person clips: audio-visual offset, LSE-D, LSE-C, per-frame confidence (SyncNet, or "
+               "motion-energy)")
     version = "1"
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"

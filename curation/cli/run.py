@@ -42,19 +42,26 @@ def register(app: typer.Typer) -> None:
                                         "every 15 s)."),
         wait: bool = typer.Option(False, "--wait", help="If another run holds the store, wait for it "
                                   "to finish instead of exiting (exit 3)."),
+        engine: str = typer.Option("auto", "--engine", help="With Ray: scheduler (the driver streams "
+                                   "calls to tasks and actors) or raydata (a Ray Data pipeline); "
+                                   "auto: the default (docs/engine.md)."),
     ):
         """Run WORKFLOW over the inputs; exit 0 when the run completed, even if some rows failed."""
         from curation import failures
         failures.catch_sigterm()   # SIGTERM stops the run as Ctrl-C does (exit 143)
         try:
-            _run_cmd(workflow, inputs, store, models, workers, from_step, local, flush_every, wait)
+            _run_cmd(workflow, inputs, store, models, workers, from_step, local, flush_every, wait,
+                     engine)
         except KeyboardInterrupt as e:   # outside the stream (start, ingest, upkeep): no half-write
             raise failures.Interrupted.of(e) from None
 
 
-def _run_cmd(workflow, inputs, store, models, workers, from_step, local, flush_every, wait):
+def _run_cmd(workflow, inputs, store, models, workers, from_step, local, flush_every, wait, engine):
     from curation.runner import new_run_id
     from curation.store import Store
+    from curation.runner import ENGINES
+    if engine not in ("auto", *ENGINES):
+        raise InvalidWorkflow(f"--engine must be auto, {', '.join(ENGINES)}; got {engine!r}")
     wf, uris = _prechecks(workflow, inputs, models, from_step)
     progress_console = Console(stderr=True)
     st = Store(store)
@@ -66,7 +73,7 @@ def _run_cmd(workflow, inputs, store, models, workers, from_step, local, flush_e
     try:
         with _native_logs(st, run_id, local):
             summary = _run(wf, st, inputs, uris, models, workers, flush_every, local, from_step,
-                           run_id, progress_console, lease.fence)
+                           run_id, progress_console, lease.fence, engine)
     finally:
         lease.release()
     _print_summary(wf, st, store, summary, workers)
@@ -130,7 +137,7 @@ def _native_logs(st, run_id: str, local: bool):
 
 
 def _run(wf, st, inputs, uris, models, workers, flush_every, local, from_step, run_id,
-         progress_console, fence):
+         progress_console, fence, engine):
     from curation.runner import Runner
     with Progress(TextColumn("[bold]{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=progress_console, transient=False) as progress:
@@ -145,8 +152,8 @@ def _run(wf, st, inputs, uris, models, workers, flush_every, local, from_step, r
             progress.update(tasks[step], completed=done, total=max(total, 1))
 
         return Runner(wf, st, model_dir=models, workers=workers, flush_every=flush_every,
-                      executor="local" if local else "ray", progress=on_progress,
-                      fence=fence).run(inputs, from_step=from_step, run_id=run_id, uris=uris)
+                      executor="local" if local else "ray", progress=on_progress, fence=fence,
+                      engine=engine).run(inputs, from_step=from_step, run_id=run_id, uris=uris)
 
 
 def _print_summary(wf, st, store: str, summary, workers: int) -> None:
