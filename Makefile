@@ -15,7 +15,7 @@ STORE  ?= demo_store
 WORKERS ?= 2
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast bench lock env system clean
+.PHONY: demo test test-fast bench lock env system browser clean
 
 env: system $(VENV)/.installed
 
@@ -23,6 +23,13 @@ system:
 	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
 	  echo "installing ffmpeg (Debian package)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg >/dev/null; }
+
+# the audit page's tests drive Debian's chromium through chromium-driver (tests only: not on demo's path)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (Debian packages, for the audit page tests)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null; }
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,10 +44,10 @@ demo: env
 	  --models $(MODELS) --workers $(WORKERS)
 	$(VENV)/bin/curation stats --store $(STORE)
 
-test: env
+test: env browser
 	CURATION_MEDIA=$(MEDIA) CURATION_MODELS=$(MODELS) $(PY) -m pytest -q
 
-test-fast: env
+test-fast: env browser
 	CURATION_MEDIA=$(MEDIA) CURATION_MODELS=$(MODELS) $(PY) -m pytest -q -m "not slow"
 
 bench: env

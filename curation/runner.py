@@ -57,6 +57,7 @@ class RunSummary:
     calls_in_flight: float = 0.0      # worker calls running at once, averaged over the stream time
     max_calls_in_flight: int = 0
     engine: str = ""
+    engine_stats: str = ""            # the Ray Data engine: Ray Data's execution stats
 
 
 class Runner:
@@ -78,6 +79,7 @@ class Runner:
         self.progress = progress or (lambda step, done, total: None)
         self.fence = fence   # raises (e.g. store.LeaseLost) when this run may no longer write
         self.concurrency = (0.0, 0)   # (mean, max) worker calls in flight during the last stream
+        self.engine_stats = ""
 
     def stages(self) -> list[Stage]:
         return stages_of(self.wf, self.workers)
@@ -106,6 +108,7 @@ class Runner:
         try:
             summary.steps = self.stream(list(got), forced, run_id)
             summary.calls_in_flight, summary.max_calls_in_flight = self.concurrency
+            summary.engine_stats = self.engine_stats
         except LeaseLost:   # another run holds the store now: not a single write more
             raise
         except BaseException as e:  # an interrupted or broken run says so (a killed one stays "running")
@@ -136,6 +139,7 @@ class Runner:
                 engine.run(stages, need, video_ids)
             finally:
                 self.concurrency = engine.concurrency
+                self.engine_stats = getattr(engine, "stats", "")
         sums = list(committer.sums.values())
         for s in sums:
             s.skipped = len(video_ids) - s.done

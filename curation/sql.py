@@ -119,12 +119,21 @@ def validate_where(text: str) -> str:
     return text
 
 
+def parse_where(text: str) -> exp.Expression:
+    """The syntax tree of a valid predicate (raises :class:`InvalidFilter` like validate_where)."""
+    return sqlglot.parse_one(validate_where(text), into=exp.Condition, dialect=_Lance())
+
+
+def render(node: exp.Expression) -> str:
+    """SQL text of a (sub-)tree of :func:`parse_where`, in the quoting Lance reads."""
+    return node.sql(dialect=_Lance())
+
+
 def columns_of(text: str) -> set[str]:
     """The top-level columns a valid predicate reads (``tags.motion`` reads ``tags``; names in
     double quotes, which Lance reads as strings, are left out)."""
-    tree = sqlglot.parse_one(validate_where(text), into=exp.Condition, dialect=_Lance())
     out = set()
-    for col in tree.find_all(exp.Column):
+    for col in parse_where(text).find_all(exp.Column):
         root = col.parts[0]
         if not root.quoted or f"`{root.name}`" in text:
             out.add(root.name)

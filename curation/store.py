@@ -496,6 +496,43 @@ class Store:
                  for i in range(0, len(ids), chunk)]
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
+    def page(self, table: str, where: str | None = None, columns: Sequence[str] | None = None,
+             order_by: str | None = None, descending: bool = False, limit: int = 50,
+             offset: int = 0) -> pa.Table:
+        """One page of the rows matching WHERE, sorted and cut by Lance's scanner (a top-k over the
+        sort column; nulls last), for paging readers: the whole table never leaves the store."""
+        from lance.dataset import ColumnOrdering
+        where = _checked(where)
+        ds = self.dataset(table)
+        names = ds.schema.names
+        unknown = [c for c in list(columns or []) + ([order_by] if order_by else []) if c not in names]
+        if unknown:
+            raise StoreError(f"unknown column(s) in {table}: {', '.join(unknown)}")
+        order = [ColumnOrdering(order_by, ascending=not descending, nulls_first=False)] if order_by else None
+        try:
+            return ds.to_table(columns=list(columns) if columns else None, filter=where,
+                               limit=limit, offset=offset or None, order_by=order)
+        except Exception as e:
+            raise StoreError(f"bad query on {table} ({_short(where)!r}): {_clean(e)}") from e
+
+    def evaluate(self, table: str, expressions: dict[str, str], where: str | None = None,
+                 limit: int | None = None) -> pa.Table:
+        """SQL expressions (``{"name": "abs(sync_offset_frames) <= 3"}``) computed by Lance on the
+        rows matching WHERE: the values a filter sees, by the engine that applies it."""
+        where = _checked(where)
+        ds = self.dataset(table)
+        try:
+            return ds.to_table(columns=dict(expressions), filter=where, limit=limit)
+        except Exception as e:
+            raise StoreError(f"bad expression on {table} ({_short(', '.join(expressions.values()))!r}): "
+                             f"{_clean(e)}") from e
+
+    def blob(self, table: str, where: str, column: str) -> bytes | None:
+        """The bytes of a blob column (e.g. ``references.image``) of the first row matching WHERE."""
+        ds = self.dataset(table)
+        t = ds.to_table(columns=[column], filter=_checked(where), limit=1, blob_handling="all_binary")
+        return t[column][0].as_py() if t.num_rows else None
+
     def count(self, table: str, where: str | None = None) -> int:
         where = _checked(where)
         ds = self._open(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,32 @@ def bad_inputs(tmp_path_factory, media) -> dict[str, Path]:
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(media / "vr_face1.mp4"), "-vn",
                     "-c:a", "copy", str(audio_only)], check=True)
     return {"zero": zero, "text": text, "truncated": truncated, "audio_only": audio_only}
+
+
+@pytest.fixture(scope="session")
+def conversation_store(tmp_path_factory, media, models):
+    """The conversation workflow run once per session (minutes of CPU) on vr_face1 (one woman
+    talking), lp_d3 (grimaces, no speech), lp_d0 (no audio stream) and dj_video4 from 13 s (the
+    woman in front talks, the one behind combs her hair), by the command a user runs, in a process
+    of its own (in-process, without Ray: the step order is fixed). Shared by test_conversation.py
+    and test_audit.py. Returns (store, run summary, person clips by file name, directory)."""
+    from curation.store import Store
+    d = tmp_path_factory.mktemp("conv")
+    dj = d / "dj_video4_tail.mp4"      # 13-22.4 s: the talking part, both women in frame
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", "13", "-i", str(media / "dj_video4.mp4"),
+                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(dj)], check=True)
+    st = Store(str(d / "store"))
+    files = [media / "vr_face1.mp4", media / "lp_d3.mp4", media / "lp_d0.mp4", dj]
+    cmd = [str(Path(sys.executable).parent / "curation"), "run", str(ROOT / "workflows" / "conversation.yaml"),
+           "--store", str(d / "store"), "--models", str(models), "--local"]
+    run = subprocess.run(cmd + [x for f in files for x in ("--input", str(f))], capture_output=True,
+                         text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    names = {v["video_id"]: Path(v["uri"]).name for v in st.query("videos").to_pylist()}
+    clips: dict[str, list[dict]] = {}
+    for c in st.query("clips", where="clip_kind = 'person'").to_pylist():
+        clips.setdefault(names[c["video_id"]], []).append(c)
+    return st, run.stdout, clips, d
 
 
 @pytest.fixture(scope="session")

@@ -4,20 +4,14 @@ vr_face1 (one woman talking to camera), lp_d3 (grimaces, no speech), lp_d0 (no a
 second half of dj_video4 (the woman in front talks, the one behind combs her hair)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from curation.cli import app
-from curation.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
-CURATION = str(Path(sys.executable).parent / "curation")
 pytestmark = [pytest.mark.slow]
 
 ACCEPTANCE = ("track_id", "frame_times", "frame_states", "frame_state_probs", "speak_ratio",
@@ -27,24 +21,10 @@ ACCEPTANCE = ("track_id", "frame_times", "frame_states", "frame_state_probs", "s
 
 
 @pytest.fixture(scope="module")
-def conv(tmp_path_factory, media, models):
-    d = tmp_path_factory.mktemp("conv")
-    dj = d / "dj_video4_tail.mp4"      # 13-22.4 s: the talking part, both women in frame
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", "13", "-i", str(media / "dj_video4.mp4"),
-                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(dj)], check=True)
-    st = Store(str(d / "store"))
-    files = [media / "vr_face1.mp4", media / "lp_d3.mp4", media / "lp_d0.mp4", dj]
-    # a process of its own, as a user runs it (in-process, without Ray: the step order is fixed)
-    cmd = [CURATION, "run", str(ROOT / "workflows" / "conversation.yaml"), "--store", str(d / "store"),
-           "--models", str(models), "--local"] + [x for f in files for x in ("--input", str(f))]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    assert run.returncode == 0, run.stderr[-3000:]
-    summary = run.stdout
-    names = {v["video_id"]: Path(v["uri"]).name for v in st.query("videos").to_pylist()}
-    clips: dict[str, list[dict]] = {}
-    for c in st.query("clips", where="clip_kind = 'person'").to_pylist():
-        clips.setdefault(names[c["video_id"]], []).append(c)
-    return st, summary, clips, d
+def conv(conversation_store):
+    """The conversation workflow's store (built once per session in conftest.py, shared with
+    tests/test_audit.py): (store, run summary, person clips by file name, directory)."""
+    return conversation_store
 
 
 def _speech_frames(c):

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from curation.cli import balance, inspect, run, sample
+from curation.cli import audit, balance, inspect, run, sample
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Curate human-centric video into training data: run workflows into a Lance "
@@ -22,6 +22,7 @@ run.register(app)
 inspect.register(app)
 sample.register(app)
 balance.register(app)
+audit.register(app)
 
 
 def main() -> None:

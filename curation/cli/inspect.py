@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
             for r in rows:
                 if r["table"] != current:
                     current = r["table"]
-                    print(f"\n#### {current}\n\n| column | type | written by |\n|---|---|---|")
+                    print(f"\n## {current}\n\n| column | type | written by |\n|---|---|---|")
                 print(f"| {r['column']} | {r['type']} | {r['writer']} |")
             return
         view = Table()
@@ -161,7 +161,7 @@ def _print_operators(rows: list[dict], markdown: bool) -> None:
 
 def _print_states(con, store: str, clip: dict) -> None:
     """The per-frame state strip of the clip's track and of the other tracks of its span."""
-    from curation.audit import _people_of
+    from curation.audit.sample import _people_of
     from curation.store import Store
     from curation.timeline import summary_line, text_strip
     _, strips = _people_of(Store(store), clip)

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         frames: int = typer.Option(8, "--frames", min=1, max=64, help="Frames on each contact sheet."),
     ):
         """For each sampled clip write CLIP.png (contact sheet), CLIP.mp4 and CLIP.json into OUT."""
-        from curation.audit import sample_clips
+        from curation.audit.sample import sample_clips
         from curation.sql import validate_where
         if where is not None:
             where = validate_where(where)

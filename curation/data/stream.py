@@ -1,0 +1,363 @@
+"""ClipStream: the windows of a selection, re-checked on their frames, with their conditions, on every
+rank and DataLoader worker, exactly once per epoch, resumable (see docs/training-data.md).
+
+    from curation.data import ClipStream
+    stream = ClipStream("store", where="clip_kind = 'person'", profile="workflows/validate/close_up_face.yaml",
+                        window_s=2.0, seed=0)
+    for sample in stream: ...                     # dicts (the contract in docs/training-data.md)
+    state = stream.state_dict(); stream.load_state_dict(state)
+
+Which window lands in which global step is decided by :mod:`curation.data.plan` from the selection,
+the seed and the epoch only; this module reads the store (at the table versions it saw when made,
+so every worker reads the same snapshot), decodes, validates and builds the sample.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from curation.data import conditions as cond
+from curation.data.decode import DEFAULT_BACKEND, read_window
+from curation.data.plan import (EpochPlan, Window, cut_windows, epoch_plan, fingerprint, rank_share,
+                                replacements)
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+MAX_ATTEMPTS = 100        # candidates tried for one slot before the stream gives up (Energon: 100)
+PLAN_COLUMNS = ["clip_id", "video_id", "start_s", "end_s", "width", "height"]
+
+
+class StreamError(RuntimeError):
+    pass
+
+
+class _Cache(OrderedDict):
+    """A small LRU of rows read from the store (per process)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        if len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+class ClipStream(IterableDataset):
+    """An iterable of window samples; also a ``torch.utils.data.IterableDataset`` (it has ``__iter__``
+    and pickles small: workers re-read the selection at the pinned table versions).
+
+    ``window_s``: seconds, or (lo, hi) for windows of up to hi seconds (a clip's last one at least lo);
+    ``stride_s``: between window starts (default the window length); ``fps``: sampling rate of the
+    frames; ``size``: (H, W) to resize to (None: the source size). ``batch_tokens`` (frames x H x W
+    of a global step) or ``batch_windows``: the global batch; ``divisible_by``: every global batch
+    has a multiple of this many windows (the world sizes that divide it can share it evenly).
+    ``rank`` / ``world_size``: default torch.distributed's, else the RANK / WORLD_SIZE variables,
+    else 0 / 1. ``epochs``: None = endless. ``validate``: run the profile's checks on each window
+    (a rejected window is replaced, see :func:`curation.data.plan.replacements`)."""
+
+    def __init__(self, store, where: str | None = None, profile: str | None = None,
+                 window_s: float | tuple[float, float] = 2.0, seed: int = 0, fps: float = 25.0,
+                 size: tuple[int, int] | None = None, *, stride_s: float | None = None,
+                 batch_tokens: int | None = None, batch_windows: int = 6, divisible_by: int = 6,
+                 rank: int | None = None, world_size: int | None = None, epochs: int | None = None,
+                 validate: bool = True, max_references: int = 4, backend: str = DEFAULT_BACKEND):
+        from curation.store import Store
+        from curation.validate.profile import load_profile
+        self.uri = store.uri if isinstance(store, Store) else str(store)
+        self.profile = load_profile(profile) if profile else None
+        self.where = _and(where, self.profile.where if self.profile else None)
+        self.window_s, self.stride_s, self.fps = window_s, stride_s, float(fps)
+        self.size = tuple(size) if size else None
+        self.seed = int(seed)
+        self.batch_tokens, self.batch_windows = batch_tokens, int(batch_windows)
+        self.divisible_by = int(divisible_by)
+        self.epochs, self.validate = epochs, bool(validate and self.profile)
+        self.max_references, self.backend = int(max_references), backend
+        self.rank, self.world_size = _topology(rank, world_size)
+        if self.divisible_by % self.world_size:
+            raise StreamError(f"world size {self.world_size} does not divide divisible_by="
+                              f"{self.divisible_by}: every global batch must split evenly over ranks")
+        s = Store(self.uri)
+        self.versions = {t: s.dataset(t).version for t in ("clips", "videos", "references", "windows")
+                         if s.exists(t)}
+        if "clips" not in self.versions:
+            raise StreamError(f"no clips table in {self.uri}")
+        self._reset_caches()
+        self.epoch, self.step, self.offset = 0, 0, 0
+        self.known_drops = self._known_drops()
+        self.windows = self._cut()
+        if not self.windows:
+            raise StreamError(f"no window of {window_s} s in the clips matching {self.where!r}")
+        self.fingerprint = fingerprint(self.windows)
+        self.text_missing = self._text_report()
+
+    # ---- pickling: workers rebuild caches (and reopen the store) ------------------------------
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for k in ("_store", "_rows", "_videos", "_features", "_refs", "_plans"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset_caches()
+
+    def _reset_caches(self):
+        from curation.store import Store
+        self._store = Store(self.uri)
+        self._rows, self._videos = _Cache(512), _Cache(64)
+        self._features, self._refs = _Cache(4), _Cache(256)
+        self._plans = _Cache(2)
+
+    # ---- the selection ------------------------------------------------------------------------------
+    def _query(self, table: str, where: str | None, columns=None):
+        return self._store.query(table, where=where, columns=columns, version=self.versions[table])
+
+    def _cut(self) -> list[Window]:
+        clips = self._query("clips", _and(self.where, "error IS NULL"), PLAN_COLUMNS).to_pylist()
+        windows = cut_windows(clips, self.window_s, self.fps, self.stride_s, self.size)
+        return [w for w in windows if (w.clip_id, round(w.start_s, 4), w.frames) not in self.known_drops]
+
+    def _known_drops(self) -> set:
+        """Windows the offline validator already rejected for this profile at this fps (the
+        ``windows`` table): left out of the plan, so they cost no replacement."""
+        if not self.profile or "windows" not in self.versions:
+            return set()
+        from curation.store import sql_quote
+        t = self._query("windows", f"profile = {sql_quote(self.profile.name)} AND NOT kept "
+                                   f"AND fps = {self.fps!r}", ["clip_id", "nominal_s", "frames"])
+        return {(r["clip_id"], round(r["nominal_s"], 4), r["frames"]) for r in t.to_pylist()}
+
+    def _text_report(self) -> list[str]:
+        names = set(self._store.dataset("clips", self.versions["clips"]).schema.names)
+        missing = [part for part, sources in cond.TEXT_PARTS
+                   if not any(src.split(".")[0] in names for src in sources)]
+        if missing:
+            log.warning("text condition: no column for %s in this store (captions need the "
+                        "captions step: Qwen-Omni weights or an endpoint); texts leave them out",
+                        ", ".join(missing))
+        return missing
+
+    def plan(self, epoch: int) -> EpochPlan:
+        return self._plans.get_or(epoch, lambda: epoch_plan(
+            self.windows, self.seed, epoch, self.batch_tokens, self.batch_windows, self.divisible_by))
+
+    def steps_per_epoch(self, epoch: int | None = None) -> int:
+        return len(self.plan(self.epoch if epoch is None else epoch).batches)
+
+    # ---- iteration ------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        """Samples in step order from the current position. In a DataLoader worker, only the steps
+        of that worker (use :func:`curation.data.loader.make_loader` for step-aligned batches)."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for epoch, step, batch, skipped, share in self._steps(worker, workers):
+            for i, sample in enumerate(batch):
+                done = skipped + i + 1
+                # the position is updated before the sample leaves: a state taken after it counts it
+                self.epoch, self.step, self.offset = (epoch, step + 1, 0) if done == share else \
+                    (epoch, step, done)
+                yield sample
+
+    def iter_steps(self, worker: int = 0, workers: int = 1) -> Iterator[list[dict]]:
+        """This rank's share of each global step, as lists of samples, from the current position;
+        with ``workers`` > 1 only the steps s with s % workers == worker (DataLoader workers)."""
+        for _, _, batch, _, _ in self._steps(worker, workers):
+            yield batch
+
+    def _steps(self, worker: int, workers: int):
+        epoch, step, skip = self.epoch, self.step, self.offset
+        while self.epochs is None or epoch < self.epochs:
+            plan = self.plan(epoch)
+            for s in range(step, len(plan.batches)):
+                if s % workers != worker:
+                    continue
+                share = rank_share(plan.batches[s], self.rank, self.world_size)
+                first = self.rank * len(share)
+                batch = [self._sample(plan, s, first + j, i) for j, i in enumerate(share) if j >= skip]
+                if batch:
+                    yield epoch, s, batch, skip, len(share)
+                skip = 0
+            epoch, step = epoch + 1, 0
+            self.epoch, self.step, self.offset = epoch, 0, 0
+
+    def _sample(self, plan: EpochPlan, step: int, slot: int, index: int) -> dict:
+        """The sample for ``slot`` of global batch ``step``: the planned window, or its first
+        replacement that passes the checks."""
+        tried = []
+        candidates = iter([index])
+        for attempt in range(MAX_ATTEMPTS):
+            i = next(candidates, None)
+            if i is None:
+                break
+            sample, verdict = self.build(self.windows[i])
+            if verdict is None:
+                sample.update(epoch=plan.epoch, step=step, slot=slot, replaced=tried)
+                return sample
+            tried.append({"clip_id": self.windows[i].clip_id, "start_s": self.windows[i].start_s,
+                          "reason": verdict})
+            if attempt == 0:
+                candidates = iter(replacements(plan, self.seed, step, slot, index, len(self.windows)))
+        raise StreamError(f"step {step} slot {slot}: no window of its bucket passes the checks "
+                          f"after {len(tried)} tries (last: {tried[-1]['reason'] if tried else '-'})")
+
+    # ---- one window -----------------------------------------------------------------------------------
+    def build(self, w: Window) -> tuple[dict, str | None]:
+        """(sample, None) for a window that passes the profile's checks, (partial sample, reason)
+        for one that does not."""
+        clip = self.clip_row(w.clip_id)
+        video = self.video_row(w.video_id or clip["video_id"])
+        from curation.media import local_path
+        with local_path(video["uri"]) as path:
+            wf = read_window(path, w.start_s, w.frames, self.fps, self.size, self.backend,
+                             int(video.get("rotation") or 0))
+            start = float(wf.pts[0]) if len(wf.pts) else w.start_s
+            n_audio = int(round(w.frames / self.fps * cond.SR))
+            audio = self._mix(path, video, start, n_audio)
+        sample = {"clip_id": w.clip_id, "video_id": clip["video_id"], "start_s": start,
+                  "fps": self.fps, "frames": wf.images, "audio": audio, "window_index": w.index,
+                  "pts": wf.pts, "has_audio": bool(video.get("has_audio"))}
+        if self.validate:
+            from curation.validate.checks import WindowView, run_checks
+            view = WindowView(clip, video, w, self.fps, frames=wf, audio=audio, track=self._track_of(clip))
+            verdict = run_checks(self.profile, view)
+            if not verdict.kept:
+                return sample, verdict.reason
+        self._conditions(sample, clip, w, wf.pts)
+        return sample, None
+
+    def _mix(self, path: str, video: dict, start: float, n: int) -> np.ndarray:
+        if not video.get("has_audio"):
+            return np.zeros(n, np.float32)
+        from curation.media import load_audio
+        return cond.fit(load_audio(path, cond.SR, start_s=start, duration_s=n / cond.SR), n)
+
+    def _conditions(self, sample: dict, clip: dict, w: Window, pts: np.ndarray) -> None:
+        start, n = sample["start_s"], len(sample["audio"])
+        text, present, missing = cond.text_condition(clip, start, start + w.frames / self.fps)
+        sample.update(text=text, text_parts=present, text_missing=missing)
+        sample["states"] = cond.states_at(clip.get("frame_times"), clip.get("frame_states"), pts,
+                                          self.fps)
+        sample["speak_audio"], sample["listen_audio"], sample["audio_source"] = \
+            self._roles(sample["audio"], clip, start, n)
+        sample["audio_features"] = self._features_of(clip["video_id"], pts)
+        sample["references"] = self._references(clip)
+
+    def _roles(self, mix: np.ndarray, clip: dict, start: float, n: int):
+        from curation.media import MediaError, load_audio, local_path
+        if clip.get("speaker_audio_uri") and clip.get("listener_audio_uri"):
+            try:
+                out = []
+                for uri in (clip["speaker_audio_uri"], clip["listener_audio_uri"]):
+                    with local_path(uri) as p:   # the role WAVs start at the clip's start
+                        out.append(cond.fit(load_audio(p, cond.SR, start_s=max(0.0, start - clip["start_s"]),
+                                                       duration_s=n / cond.SR), n))
+                return out[0], out[1], "role_tracks"
+            except (MediaError, OSError) as e:
+                log.warning("%s: role tracks unreadable (%s): masking the mix", clip["clip_id"], e)
+        if clip.get("audio_mask") and clip.get("frame_times"):
+            speak, listen = cond.mask_audio(mix, clip["audio_mask"], clip["frame_times"], start)
+            return speak, listen, "mask"
+        return mix.copy(), np.zeros(n, np.float32), "mix_unlabelled"
+
+    def _features_of(self, video_id: str, pts: np.ndarray):
+        feats = self._features.get_or(video_id, lambda: self._load_features(video_id))
+        if feats is None:
+            return None
+        values, rate, t0 = feats
+        return cond.features_at(values, rate, t0, pts)
+
+    def _load_features(self, video_id: str):
+        from curation.store import sql_quote
+        if "audio_features" not in self._store.dataset("videos", self.versions["videos"]).schema.names:
+            return None
+        cols = ["audio_features", "audio_features_shape", "audio_features_hz", "audio_features_start_s"]
+        rows = self._query("videos", f"video_id = {sql_quote(video_id)}", cols).to_pylist()
+        r = rows[0] if rows else {}
+        if not r.get("audio_features"):
+            return None
+        values = np.frombuffer(r["audio_features"], np.float16).reshape(r["audio_features_shape"])
+        return values, float(r["audio_features_hz"]), float(r.get("audio_features_start_s") or 0.0)
+
+    def _references(self, clip: dict) -> list[np.ndarray]:
+        if "references" not in self.versions or self.max_references <= 0:
+            return []
+        from curation.store import sql_quote
+        key = clip.get("track_id") or clip["clip_id"]
+        where = (f"track_id = {sql_quote(clip['track_id'])}" if clip.get("track_id")
+                 else f"clip_id = {sql_quote(clip['clip_id'])}")
+
+        def load():
+            t = self._query("references", _and(where, "error IS NULL AND image IS NOT NULL"),
+                            ["ref_id", "kind", "score", "image"]).to_pylist()
+            t.sort(key=lambda r: (r["kind"] != "global", -(r["score"] or 0), r["ref_id"]))
+            images = [cond.decode_jpeg(r["image"]) for r in t[: self.max_references]]
+            return [im for im in images if im is not None]
+        return self._refs.get_or(key, load)
+
+    # ---- store rows -----------------------------------------------------------------------------------
+    def clip_row(self, clip_id: str) -> dict:
+        from curation.store import sql_quote
+        return self._rows.get_or(clip_id, lambda: self._query(
+            "clips", f"clip_id = {sql_quote(clip_id)}").to_pylist()[0])
+
+    def video_row(self, video_id: str) -> dict:
+        from curation.store import sql_quote
+        cols = [c for c in ("video_id", "uri", "has_audio", "rotation", "fps", "width", "height")]
+        return self._videos.get_or(video_id, lambda: self._query(
+            "videos", f"video_id = {sql_quote(video_id)}", cols).to_pylist()[0])
+
+    def _track_of(self, clip: dict) -> dict | None:
+        if not clip.get("track_id"):
+            return None
+        from curation.store import sql_quote
+        s = self._store
+        if not s.exists("tracks"):
+            return None
+        rows = s.query("tracks", f"track_id = {sql_quote(clip['track_id'])}",
+                       ["track_id", "frame_times_s", "face_boxes", "person_boxes"]).to_pylist()
+        return rows[0] if rows else None
+
+    # ---- resume ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Where the stream is: a few integers (and the selection's fingerprint, checked on load)."""
+        return {"version": STATE_VERSION, "seed": self.seed, "epoch": self.epoch, "step": self.step,
+                "offset": self.offset, "windows": len(self.windows), "fingerprint": self.fingerprint}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("fingerprint") not in (None, self.fingerprint):
+            raise StreamError("this state was saved from another selection (window list fingerprint "
+                              f"{state.get('fingerprint')} != {self.fingerprint})")
+        self.seed = int(state.get("seed", self.seed))
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.offset = int(state.get("offset", 0))
+        self._plans = _Cache(2)
+
+
+def _and(*clauses: str | None) -> str | None:
+    parts = [f"({c})" for c in clauses if c and str(c).strip()]
+    return " AND ".join(parts) or None
+
+
+def _topology(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return int(rank), int(world_size)
+    try:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:
+        pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

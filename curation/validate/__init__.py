@@ -1,0 +1,1 @@
+"""Window validation (LongCat §2.1 second stage): checks, profiles, the offline run and its funnel."""
