@@ -64,10 +64,11 @@ def child(spec: dict) -> dict:
     t0 = time.perf_counter()
     summary = runner.run(spec["inputs"])
     wall = time.perf_counter() - t0
+    cpu = sampler.cpu_s()
     sampler.close()
     st = Store(spec["store"])
     failed = st.count("status", "ok = false") if st.exists("status") else 0
-    return {"wall_s": wall, "ray_init_s": ray_s, "calls_in_flight": summary.calls_in_flight,
+    return {"wall_s": wall, "cpu_s": cpu, "ray_init_s": ray_s, "calls_in_flight": summary.calls_in_flight,
             "max_calls_in_flight": summary.max_calls_in_flight, "peak_rss_mb": sampler.peak_rss_mb,
             "peak_private_mb": sampler.peak_private_mb, "videos": summary.videos,
             "status_rows": st.count("status"), "failed": failed,
@@ -96,8 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="tiny,clips")
     ap.add_argument("--media", default=str(ROOT.parent / "shared" / "media"))
     ap.add_argument("--models", default=str(ROOT.parent / "shared" / "models"))
-    ap.add_argument("--raydata", default="worker", help="Ray Data variants, ';'-separated: "
-                    "COMMIT[:key=json,...], e.g. 'worker;operator;worker:batch=32,ctx."
+    ap.add_argument("--raydata", default="group", help="Ray Data variants, ';'-separated: "
+                    "COMMIT[:key=json,...], e.g. 'group;worker;group:batch=32,ctx."
                     "op_resource_reservation_enabled=false'")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -130,20 +131,23 @@ def main(argv=None) -> int:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| case | workers | engine | runs | wall s (median) | s / video | vs scheduler | calls in "
-             "flight (mean / peak) | driver peak RSS MB | load before-after |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | workers | engine | runs | wall s (median) | s / video | vs scheduler | CPU s "
+             "(median) | CPU vs scheduler | calls in flight (mean / peak) | driver peak RSS MB | load "
+             "before-after |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict = {}
     for r in results:
         if "error" not in r:
             groups.setdefault((r["case"], r["workers"], r["engine"]), []).append(r)
     for (case, workers, engine), rs in groups.items():
         wall = statistics.median(r["wall_s"] for r in rs)
+        cpu = statistics.median(r["cpu_s"]["total"] for r in rs)
         base = groups.get((case, workers, "scheduler"))
         ratio = wall / statistics.median(r["wall_s"] for r in base) if base else None
+        cratio = cpu / statistics.median(r["cpu_s"]["total"] for r in base) if base else None
         lines.append(
             f"| {case} | {workers} | {engine} | {len(rs)} | {wall:.1f} | {wall / rs[0]['videos']:.3f} | "
-            f"{'' if ratio is None else f'{ratio:.2f}'} | "
+            f"{'' if ratio is None else f'{ratio:.2f}'} | {cpu:.1f} | "
+            f"{'' if cratio is None else f'{cratio:.2f}'} | "
             f"{statistics.median(r['calls_in_flight'] for r in rs):.2f} / "
             f"{max(r['max_calls_in_flight'] for r in rs)} | "
             f"{max(r['peak_rss_mb'] for r in rs):.0f} | {rs[0]['load_before']} - {rs[-1]['load_after']} |")

@@ -480,39 +480,9 @@ def _stream_row(steps, video, row, vi, ri, decoder, span, spec, chunk_s, pv, got
             errs[(vi, ri)] = one_line(e)
             return None, frozenset()
         pv["decode_s"] += time.perf_counter() - t
-        sinks: dict[int, Any] = {}
-        whole: dict[tuple, Any] = {}        # view key -> frames put together for whole-span steps
-        for si, (_, op) in enumerate(steps):
-            key = (op.frames.fps, op.frames.max_side)
-            if _streams(op):
-                t = time.perf_counter()
-                try:
-                    sink = op.stream(video, row, chunks.times[key])
-                except Exception as e:  # noqa: BLE001 - that row's error
-                    sink = e
-                pv["step_s"][si] += time.perf_counter() - t
-                if sink is not None:
-                    sinks[si] = sink
-                    continue
-            whole.setdefault(key, None)
+        sinks, whole = _sinks(steps, video, row, chunks, pv)
         try:
-            for chunk in _timed(chunks, pv):
-                if not whole and all(isinstance(s, BaseException) for s in sinks.values()):
-                    break   # every streaming step failed on this row: nothing left to decode for
-                for si, sink in sinks.items():
-                    op = steps[si][1]
-                    view = chunk.sample(op.frames.fps, op.frames.max_side)
-                    if isinstance(sink, BaseException) or not len(view):
-                        continue
-                    t = time.perf_counter()
-                    try:
-                        sink.add(view)
-                    except Exception as e:  # noqa: BLE001 - that row's error for this step
-                        sinks[si] = e
-                    pv["step_s"][si] += time.perf_counter() - t
-                for key in whole:
-                    whole[key] = _gather(whole[key], chunk.sample(*key), len(chunks.times[key]))
-                chunk = view = None   # not held while the next chunk decodes
+            _feed(steps, chunks, sinks, whole, pv)
         except ChunksRestart:   # the decode starts again on another path (sinks made anew)
             views = False
             continue
@@ -522,14 +492,7 @@ def _stream_row(steps, video, row, vi, ri, decoder, span, spec, chunk_s, pv, got
         finally:
             chunks.close()
         for si, sink in sinks.items():
-            if not isinstance(sink, BaseException):
-                t = time.perf_counter()
-                try:
-                    sink = sink.finish()
-                except Exception as e:  # noqa: BLE001
-                    sink = e
-                pv["step_s"][si] += time.perf_counter() - t
-            got[si][(vi, ri)] = sink
+            got[si][(vi, ri)] = _finished(sink, pv, si)
         if not whole:
             return None, frozenset(sinks)
         if any(g is None for g in whole.values()):
@@ -540,6 +503,62 @@ def _stream_row(steps, video, row, vi, ri, decoder, span, spec, chunk_s, pv, got
                       indices=frames[0].indices, scale=frames[0].scale,
                       views=dict(zip(whole, frames))), frozenset(sinks)
     raise MediaError("the chunked decode had to start again too often")
+
+
+def _sinks(steps, video, row, chunks, pv) -> tuple[dict, dict]:
+    """The sink of each step that streams this row (or the exception its ``stream`` raised), and
+    the views the other steps need whole (key -> None, filled by :func:`_feed`)."""
+    sinks: dict[int, Any] = {}
+    whole: dict[tuple, Any] = {}
+    for si, (_, op) in enumerate(steps):
+        key = (op.frames.fps, op.frames.max_side)
+        if _streams(op):
+            t = time.perf_counter()
+            try:
+                sink = op.stream(video, row, chunks.times[key])
+            except Exception as e:  # noqa: BLE001 - that row's error
+                sink = e
+            pv["step_s"][si] += time.perf_counter() - t
+            if sink is not None:
+                sinks[si] = sink
+                continue
+        whole.setdefault(key, None)
+    return sinks, whole
+
+
+def _feed(steps, chunks, sinks: dict, whole: dict, pv) -> None:
+    """Every chunk to every sink at its step's view (a sink that raised is that row's error for
+    that step), and into the whole-span views."""
+    for chunk in _timed(chunks, pv):
+        if not whole and all(isinstance(s, BaseException) for s in sinks.values()):
+            break   # every streaming step failed on this row: nothing left to decode for
+        for si, sink in sinks.items():
+            op = steps[si][1]
+            view = chunk.sample(op.frames.fps, op.frames.max_side)
+            if isinstance(sink, BaseException) or not len(view):
+                continue
+            t = time.perf_counter()
+            try:
+                sink.add(view)
+            except Exception as e:  # noqa: BLE001 - that row's error for this step
+                sinks[si] = e
+            pv["step_s"][si] += time.perf_counter() - t
+        for key in whole:
+            whole[key] = _gather(whole[key], chunk.sample(*key), len(chunks.times[key]))
+        chunk = view = None   # not held while the next chunk decodes
+
+
+def _finished(sink, pv, si: int):
+    """What a sink returns for the whole row (or the exception it raised, or raised before)."""
+    if isinstance(sink, BaseException):
+        return sink
+    t = time.perf_counter()
+    try:
+        return sink.finish()
+    except Exception as e:  # noqa: BLE001
+        return e
+    finally:
+        pv["step_s"][si] += time.perf_counter() - t
 
 
 def _timed(chunks, pv):

@@ -9,11 +9,12 @@ resources; fused frame steps stay one stage (one decode). Ray Data streams the r
 operators with its back-pressure, so a video reaches a stage as soon as the stages before it are
 done for it. A row skips a stage it does not need, or whose upstream stages failed it.
 
-A downstream stage reads what its upstream stage committed, so results are committed between
-stages. Two ways (``commit=``): ``"worker"``, where the stage's own task or actor commits its
-results (Lance commits retried on conflict), or ``"operator"``, a commit operator (one actor) after
-each stage that commits what the stage's workers return. Both are fenced by the store lease; a
-measured comparison is in docs/engine.md.
+A downstream stage reads what its upstream stage committed, so a stage's call returns its rows
+only once its results are committed. Two ways (``commit=``): ``"group"`` (the default), a commit
+operator: one actor that every stage's calls hand their results to, committing whatever is pending
+in one go while new results queue (group commit: one writer, no Lance commit conflicts), or
+``"worker"``, where each stage's task or actor commits its own batch (commits of concurrent
+workers conflict and are retried). Both are fenced by the store lease; measured in docs/engine.md.
 
 Crash isolation: Ray Data drops the batch of a worker that died (``max_errored_blocks = -1``, no
 task retries); the videos missing from the output go through a second pipeline one per batch, and
@@ -69,16 +70,84 @@ class _Tally:
         return self.counts
 
 
+class _Commits:
+    """The commit operator (``commit="group"``): one actor that every stage's calls hand their
+    results to. It commits whatever is pending in one go (all stages' rows, one ``status`` write)
+    while new results queue for the next commit: group commit, one writer, so Lance commits never
+    conflict with each other. A call does not wait for its commit: it gets a ticket, its rows carry
+    it, and the stage downstream waits for the tickets of its rows before it reads the store (by
+    then they are usually committed), so commits overlap the work."""
+
+    def __init__(self, stages: list[Stage], store_uri: str, storage_options, run_id: str, fence,
+                 tally):
+        import asyncio
+        from curation.store import Store
+        self.committer = Committer(Store(store_uri, storage_options), stages, run_id, fence)
+        self.tally = tally
+        self.pending: list[tuple[int, int, list, int]] = []   # (ticket, stage, results, skipped)
+        self.issued = self.done = 0      # tickets given out; committed up to
+        self.stop: tuple[str, str] | None = None   # why the run must stop (a lost lease, a write)
+        self.changed = asyncio.Condition()
+        self.busy = False
+        self.closed = False
+
+    async def submit(self, stage: int, blob: bytes, skipped: int) -> int:
+        """Queue one call's results (pickled [(video, [StepResult])]); returns their ticket (0 and
+        nothing committed once the run is stopping: see :meth:`close`)."""
+        import asyncio
+        if self.closed:
+            return 0
+        self.issued += 1
+        self.pending.append((self.issued, stage, pickle.loads(blob), skipped))
+        if not self.busy:
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return self.issued
+
+    async def wait(self, ticket: int) -> tuple[str, str] | None:
+        """Return once everything up to ``ticket`` is committed: None, or why the run must stop."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.done >= ticket or self.stop is not None)
+        return self.stop
+
+    async def close(self) -> None:
+        """The run stops (Ctrl-C, SIGTERM): what was handed in is committed, nothing more."""
+        self.closed = True
+        await self.wait(self.issued)
+
+    async def flush(self) -> tuple[str, str] | None:
+        """Return once every result handed in so far is committed."""
+        return await self.wait(self.issued)
+
+    async def _drain(self) -> None:
+        import asyncio
+        while self.pending:
+            batch, self.pending = self.pending, []
+            for _, stage, results, _ in batch:   # (results that come in meanwhile wait their turn)
+                for vid, res in results:
+                    self.committer.add(stage, vid, res)
+            outcome = await asyncio.to_thread(_commit, self.committer)
+            self.stop = self.stop or outcome
+            for _, stage, results, skipped in batch:
+                if outcome is None and (results or skipped):
+                    self.tally.add.remote(stage, len(results), skipped)
+            async with self.changed:
+                self.done = batch[-1][0]
+                self.changed.notify_all()
+        self.busy = False
+
+
 class _StageCall:
-    """One stage over a batch of rows: run the StageWorker on the rows that need the stage, and
-    commit (``commit="worker"``) or hand the results on (``"operator"``). Returns the rows with
-    the stages that failed them (and, with ``"operator"``, the pickled results)."""
+    """One stage over a batch of rows: run the StageWorker on the rows that need the stage and
+    commit its results before returning the rows (downstream stages read them from the store):
+    in this worker (``commit="worker"``) or through the commit actor (``"group"``). Returns the
+    rows with the stages that failed them; a reason to stop the run rides on the first row."""
 
     def __init__(self, stage: Stage, args: tuple, store_uri: str, storage_options, run_id: str,
-                 fence, tally, commit: str, stateful: bool):
+                 fence, tally, commits, stateful: bool):
         from curation.store import Store
         from curation.worker import StageWorker
-        self.stage, self.tally, self.commit_here = stage, tally, commit == "worker"
+        self.stage, self.tally, self.commits = stage, tally, commits
         self.worker = StageWorker(*args) if stateful else None
         self.args = args
         self.committer = Committer(Store(store_uri, storage_options), [stage], run_id, fence)
@@ -87,30 +156,48 @@ class _StageCall:
         rows = batch.to_pylist()
         run, skip = [], []
         for r in rows:
-            failed = _ints(r["failed"])
-            if self.stage.index not in _ints(r["need"]):
-                continue
-            (skip if failed & self.stage.deps else run).append(r)
-        for r in skip:          # failed upstream: skipped here, and so below
-            r["failed"] = _join(_ints(r["failed"]) | {self.stage.index})
+            if self.stage.index in _ints(r["need"]):
+                (skip if _ints(r["failed"]) & self.stage.deps else run).append(r)
+        stop = self._upstream_committed(run)
         t0 = time.time()
-        results = self._work([r["video_id"] for r in run]) if run else []
-        if run:
+        results = self._work([r["video_id"] for r in run]) if run and not stop else []
+        if results:
             self.tally.call.remote(t0, time.time())
-        for vid, res in results:
-            self.committer.add(self.stage.index, vid, res)
         by_vid = dict(results)
-        for r in run:
+        for r in run + skip:    # failed here, or upstream (skipped here): and so below
             res = by_vid.get(r["video_id"])
             if res is None or any(x.error for x in res):
                 r["failed"] = _join(_ints(r["failed"]) | {self.stage.index})
-            if res is not None and not self.commit_here:
-                r["results"] = pickle.dumps(res)
-        if self.commit_here:
-            _commit(self.committer, rows, self.tally, self.stage.index, len(skip), _setup(results))
-        elif skip:
-            self.tally.add.remote(self.stage.index, 0, len(skip))
+        stop = stop or self._commit(rows, results, len(skip))
+        setup = next((x.error for _, res in results for x in res if x.kind == "setup"), None)
+        if rows and (stop or setup):
+            rows[0]["abort"] = json.dumps(list(stop or ("setup", setup)))
         return pa.Table.from_pylist(rows, schema=batch.schema)
+
+    def _upstream_committed(self, rows: list[dict]) -> tuple[str, str] | None:
+        """Wait until what the stages upstream made for these rows is committed (group commit)."""
+        import ray
+        ticket = max((r["ticket"] or 0 for r in rows), default=0)
+        if self.commits is None or not ticket:
+            return None
+        return ray.get(self.commits.wait.remote(ticket))
+
+    def _commit(self, rows, results, skipped: int) -> tuple[str, str] | None:
+        """Commit the results (or queue them for the commit actor, the rows carrying the ticket)."""
+        import ray
+        if self.commits is not None:
+            if results or skipped:
+                ticket = ray.get(self.commits.submit.remote(
+                    self.stage.index, pickle.dumps(results), skipped))
+                for r in rows:
+                    r["ticket"] = ticket
+            return None
+        for vid, res in results:
+            self.committer.add(self.stage.index, vid, res)
+        stop = _commit(self.committer)
+        if stop is None and (results or skipped):
+            self.tally.add.remote(self.stage.index, len(results), skipped)
+        return stop
 
     def _work(self, video_ids: list[str]) -> list[tuple[str, list[StepResult]]]:
         from curation.worker import task
@@ -124,54 +211,16 @@ class _StageCall:
             self.worker.close()
 
 
-class _CommitCall:
-    """The commit operator after a stage (``commit="operator"``): commits what the stage's
-    workers returned, in one commit per batch."""
-
-    def __init__(self, stage: Stage, store_uri: str, storage_options, run_id: str, fence, tally):
-        from curation.store import Store
-        self.stage, self.tally = stage, tally
-        self.committer = Committer(Store(store_uri, storage_options), [stage], run_id, fence)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        results = []
-        for r in rows:
-            if r.get("results"):
-                results.append((r["video_id"], pickle.loads(r["results"])))
-                self.committer.add(self.stage.index, *results[-1])
-                r["results"] = None
-        _commit(self.committer, rows, self.tally, self.stage.index, 0, _setup(results))
-        return pa.Table.from_pylist(rows, schema=batch.schema)
-
-
-def _setup(results) -> str | None:
-    """A setup failure among a batch's results (the run stops after the pipeline)."""
-    return next((x.error for _, res in results for x in res if x.kind == "setup"), None)
-
-
-def _commit(committer: Committer, rows: list[dict], tally, stage: int, skipped: int,
-            setup: str | None) -> None:
-    """Commit, and count it for the progress bars. A lost lease, a failed write or a setup failure
-    stops the run: the batch's first row says so (an exception here would only drop the batch)."""
-    n = committer.pending()
+def _commit(committer: Committer) -> tuple[str, str] | None:
+    """Commit what is pending; a reason to stop the run instead of raising (an exception in a
+    Ray Data task would only drop its batch): a lost lease, or a failed write."""
     try:
         committer.commit()
     except LeaseLost as e:
-        _abort(rows, "lease", str(e))
-        return
+        return ("lease", str(e))
     except Exception as e:  # noqa: BLE001 - the driver raises it
-        _abort(rows, "error", failures.one_line(failures.describe(e)))
-        return
-    if setup and rows:
-        rows[0]["abort"] = rows[0]["abort"] or json.dumps(["setup", setup])
-    if n or skipped:
-        tally.add.remote(stage, n, skipped)
-
-
-def _abort(rows: list[dict], kind: str, message: str) -> None:
-    for r in rows[:1]:
-        r["abort"] = json.dumps([kind, message])
+        return ("error", failures.one_line(failures.describe(e)))
+    return None
 
 
 def _ints(text: str | None) -> set[int]:
@@ -191,17 +240,17 @@ def _actor_args() -> dict:
 
 
 SCHEMA = pa.schema([("video_id", pa.string()), ("need", pa.string()), ("failed", pa.string()),
-                    ("abort", pa.string()), ("results", pa.binary())])
+                    ("abort", pa.string()), ("ticket", pa.int64())])
 
 
 class RayDataEngine:
     def __init__(self, worker_args: Callable[[Stage], tuple], committer: Committer,
                  progress: Callable[[str, int, int], None], workers: int,
-                 commit: str = "worker", batch: int | None = None, tasks_per_actor: int = 1,
+                 commit: str = "group", batch: int | None = None, tasks_per_actor: int = 1,
                  settings: dict | None = None):
         self.worker_args, self.committer, self.progress = worker_args, committer, progress
         self.workers = workers
-        self.commit = commit              # "worker" or "operator" (see the module docstring)
+        self.commit = commit              # "group" or "worker" (see the module docstring)
         self.batch = batch                # videos per call of every stage (None: _batch)
         self.tasks_per_actor = tasks_per_actor
         self.settings = dict(settings or {})   # DataContext attributes to set
@@ -227,12 +276,17 @@ class RayDataEngine:
 
     def _start(self, stages, need, video_ids) -> None:
         import ray
-        self.stages = stages
+        self.stages, self.video_ids, self.stats = stages, video_ids, ""
         self.total = [len(n) for n in need]
         sizes = sorted(r["size_bytes"] or 0 for r in self.committer.store.of_videos(
             "videos", video_ids, ["size_bytes"]).to_pylist())
         self.median_bytes = float(sizes[len(sizes) // 2]) if sizes else 1.0
         self.tally = ray.remote(num_cpus=0)(_Tally).remote()
+        self.commits = None
+        if self.commit == "group":   # one writer for every stage's results (see _Commits)
+            args = self.worker_args(stages[0])
+            self.commits = ray.remote(num_cpus=0, max_concurrency=1000)(_Commits).remote(
+                stages, args[3], args[4], args[5], self.committer.fence, self.tally)
         for st in stages:
             self.progress(st.label, 0, self.total[st.index])
         self.stop = threading.Event()
@@ -289,7 +343,7 @@ class RayDataEngine:
         import ray
         self._configure(ray.data.DataContext.get_current())
         rows = [{"video_id": v, "need": _join({st.index for st in stages if v in need[st.index]}),
-                 "failed": "", "abort": None, "results": None} for v in video_ids]
+                 "failed": "", "abort": None, "ticket": None} for v in video_ids]
         table = pa.Table.from_pylist(rows, schema=SCHEMA)
         step = max(1, -(-len(rows) // 256))    # input blocks of a few videos: streaming starts at once
         ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(rows), step)])
@@ -299,7 +353,10 @@ class RayDataEngine:
                 if any(need[st.index]):
                     ds = self._stage(ds, st, batch or self._batch(st, len(need[st.index])))
             out = {r["video_id"]: r for r in ds.take_all()}
-        self.stats = ds.stats()
+        self.stats += ds.stats() + "\n"
+        stop = ray.get(self.commits.flush.remote()) if self.commits is not None else None
+        if stop and out:   # the last commits' outcome
+            next(iter(out.values()))["abort"] = json.dumps(list(stop))
         return out
 
     def _configure(self, ctx) -> None:
@@ -316,37 +373,28 @@ class RayDataEngine:
         logging.getLogger("ray.data").setLevel(logging.ERROR)   # its own log file has the rest
 
     def _stage(self, ds, st: Stage, batch: int):
-        """The stage's operator (and its commit operator with ``commit="operator"``)."""
+        """The stage's Ray Data operator."""
         import ray
         res, args = st.resources, self.worker_args(st)
-        store_uri, opts, run_id = args[3], args[4], args[5]
         common = dict(batch_size=batch, batch_format="pyarrow", zero_copy_batch=True,
                       num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
                       memory=(res.memory_mb or 0) * 2**20 or None,
                       resources=dict(res.custom) or None)
-        ctor = (st, args, store_uri, opts, run_id, self.committer.fence, self.tally, self.commit)
+        ctor = (st, args, args[3], args[4], args[5], self.committer.fence, self.tally, self.commits)
         name = "".join(c if c.isalnum() else "_" for c in st.label)
         if st.stateful:   # an autoscaling pool of actors; a dead one is replaced, its call not retried
-            ds = ds.map_batches(type(f"Stage_{name}", (_StageCall,), {}),
-                                fn_constructor_args=(*ctor, True),
-                                compute=ray.data.ActorPoolStrategy(
-                                    min_size=1, max_size=st.workers,
-                                    max_tasks_in_flight_per_actor=self.tasks_per_actor),
-                                ray_remote_args_fn=_actor_args, **common)
-        else:
-            def fn(batch_, _ctor=ctor):
-                return _StageCall(*_ctor, False)(batch_)
-            fn.__name__ = fn.__qualname__ = f"Stage_{name}"
-            ds = ds.map_batches(fn, compute=ray.data.TaskPoolStrategy(size=st.workers),
-                                ray_remote_args_fn=_task_args, **common)
-        if self.commit == "operator":
-            ds = ds.map_batches(type(f"Commit_{name}", (_CommitCall,), {}),
-                                fn_constructor_args=(st, store_uri, opts, run_id,
-                                                     self.committer.fence, self.tally),
-                                compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0,
-                                batch_size=None, batch_format="pyarrow",
-                                ray_remote_args_fn=_actor_args)
-        return ds
+            return ds.map_batches(type(f"Stage_{name}", (_StageCall,), {}),
+                                  fn_constructor_args=(*ctor, True),
+                                  compute=ray.data.ActorPoolStrategy(
+                                      min_size=1, max_size=st.workers,
+                                      max_tasks_in_flight_per_actor=self.tasks_per_actor),
+                                  ray_remote_args_fn=_actor_args, **common)
+
+        def fn(batch_, _ctor=ctor):
+            return _StageCall(*_ctor, False)(batch_)
+        fn.__name__ = fn.__qualname__ = f"Stage_{name}"
+        return ds.map_batches(fn, compute=ray.data.TaskPoolStrategy(size=st.workers),
+                              ray_remote_args_fn=_task_args, **common)
 
     def _batch(self, st: Stage, videos: int) -> int:
         """Videos per call of a stage without a batch size. Ray Data's batch size is fixed when the
@@ -384,8 +432,17 @@ class RayDataEngine:
             raise self._stopped(failures.SetupFailed("; ".join(setup)))
 
     def _stopped(self, stop: failures.RunStopped) -> failures.RunStopped:
-        counts = self._poll_once()
-        stop.committed = [(st.label, counts.get(st.index, [0, 0])[0], self.total[st.index])
+        """``stop``, saying what was committed (the commit actor first stops taking results)."""
+        import ray
+        if self.commits is not None:
+            try:
+                ray.get(self.commits.close.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - the count below says what is in the store
+                pass
+        done: dict[str, int] = {}
+        for r in self._committed(self.video_ids):
+            done[r["step"]] = done.get(r["step"], 0) + 1
+        stop.committed = [(st.label, done.get(st.steps[0].name, 0), self.total[st.index])
                           for st in self.stages]
         return stop
 

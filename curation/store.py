@@ -196,19 +196,8 @@ class Store:
     def _create_lock(self, table: str):
         """Serialise table creation on a local store (an flock on ``URI/.create.lock``). On an
         object store there is no lock: creators there rely on the run lease."""
-        if not self.is_local:
+        with _flocked(self, ".create.lock"):
             yield
-            return
-        import fcntl
-        root = self.uri.removeprefix("file://")
-        os.makedirs(root, exist_ok=True)
-        with open(os.path.join(root, ".create.lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
     def _create(self, table: str, data: pa.Table) -> bool:
         """Create ``table`` holding ``data``; False (nothing written) when it exists already."""
         schema = self._base_schema(table)
@@ -637,20 +626,8 @@ class StoreLease:
         except (FileNotFoundError, OSError):
             pass
 
-    @contextlib.contextmanager
     def _locked(self):
-        if not self.store.is_local:
-            yield
-            return
-        import fcntl
-        root = self.store.uri.removeprefix("file://")
-        os.makedirs(root, exist_ok=True)
-        with open(os.path.join(root, "_lease.lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return _flocked(self.store, "_lease.lock")
 
     # -- state
     def is_stale(self, lease: dict, now: float | None = None) -> bool:
@@ -788,6 +765,23 @@ class LeaseFence:
         raise LeaseLost(f"the lease on store {self.store_uri} was taken over by {who} while this "
                         f"run was paused or cut off for more than {self.stale_s:.0f} s; this run "
                         f"stopped without writing again")
+
+
+@contextlib.contextmanager
+def _flocked(store: Store, name: str):
+    """An exclusive flock of ``<store>/NAME`` while the block runs (local stores only)."""
+    if not store.is_local:
+        yield
+        return
+    import fcntl
+    root = store.uri.removeprefix("file://")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, name), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _storage_options_from_env(uri: str) -> dict | None:

@@ -196,14 +196,33 @@ def _find_cycle(steps: list[Step]) -> str:
 
 
 def load(path_or_text: str | Path, registry: dict[str, type[Operator]] | None = None) -> Workflow:
+    """A workflow from a YAML file or text, checked (see the module docstring)."""
     if registry is None:
         from operators import REGISTRY as registry
+    doc, text, source, stem = _read(path_or_text)
+    steps: list[Step] = []
+    for i, raw in enumerate(doc["steps"]):
+        steps.append(_step(raw, i, source, {s.name for s in steps}, registry))
+    names = {s.name for s in steps}
+    for s in steps:
+        for a in s.after:
+            if a not in names:
+                raise WorkflowError(f"step {s.name!r}: 'after' names unknown step {a!r}")
+    wf = Workflow(name=str(doc.get("name") or stem), steps=steps, filters=_filters(doc, source),
+                  text=text, description=str(doc.get("description") or ""))
+    _topo_order(steps)  # raises on a cycle
+    _check_inputs(wf)
+    _check_filters(wf)
+    return wf
+
+
+def _read(path_or_text: str | Path) -> tuple[dict, str, str, str]:
+    """(the YAML document, its text, where it came from, a default name)."""
     p = Path(path_or_text)
     if "\n" not in str(path_or_text) and p.suffix in (".yaml", ".yml"):
         if not p.exists():
             raise WorkflowError(f"workflow file not found: {p}")
-        text = p.read_text()
-        source = str(p)
+        text, source = p.read_text(), str(p)
     else:
         text, source = str(path_or_text), "<text>"
     try:
@@ -218,51 +237,47 @@ def load(path_or_text: str | Path, registry: dict[str, type[Operator]] | None = 
                             f"allowed: {', '.join(sorted(TOP_KEYS))}")
     if not doc.get("steps"):
         raise WorkflowError(f"{source}: no steps")
-    steps: list[Step] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(doc["steps"]):
-        if not isinstance(raw, dict) or "op" not in raw:
-            raise WorkflowError(f"{source}: step {i + 1} needs an 'op'")
-        bad = set(raw) - STEP_KEYS
-        name = str(raw.get("name", raw["op"]))
-        if bad:
-            raise WorkflowError(f"step {name!r}: unknown key(s) {', '.join(sorted(bad))}; "
-                                f"allowed: {', '.join(sorted(STEP_KEYS))}")
-        if name in seen:
-            raise WorkflowError(f"step {name!r} appears twice")
-        seen.add(name)
-        op = str(raw["op"])
-        if op not in registry:
-            raise WorkflowError(f"step {name!r}: unknown operator {op!r}; known operators: "
-                                f"{', '.join(sorted(registry))}")
-        after = raw.get("after") or []
-        if isinstance(after, str):
-            after = [after]
-        res = raw.get("resources") or {}
-        if set(res) - RESOURCE_KEYS:
-            raise WorkflowError(f"step {name!r}: unknown resource(s) "
-                                f"{', '.join(sorted(set(res) - RESOURCE_KEYS))}; "
-                                f"allowed: {', '.join(sorted(RESOURCE_KEYS))}")
-        for key in ("batch_size", "workers"):
-            if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)
-                               or raw[key] < 1):
-                raise WorkflowError(f"step {name!r}: {key} must be a positive integer, "
-                                    f"got {raw[key]!r}")
-        if not isinstance(raw.get("params") or {}, dict):
-            raise WorkflowError(f"step {name!r}: params must be a mapping")
-        step = Step(name=name, op=op, params=dict(raw.get("params") or {}), after=list(after),
-                    resources=dict(res), op_cls=registry[op], batch_size=raw.get("batch_size"),
-                    workers=raw.get("workers"))
-        try:
-            step.make()  # checks the parameter names; loads no model (setup() is not called)
-        except OperatorError as e:
-            raise WorkflowError(f"step {name!r}: {e}") from None
-        steps.append(step)
-    names = {s.name for s in steps}
-    for s in steps:
-        for a in s.after:
-            if a not in names:
-                raise WorkflowError(f"step {s.name!r}: 'after' names unknown step {a!r}")
+    return doc, text, source, p.stem
+
+
+def _step(raw, i: int, source: str, seen: set[str], registry: dict) -> Step:
+    """One step of the YAML, its keys, operator, resources, sizes and parameters checked."""
+    if not isinstance(raw, dict) or "op" not in raw:
+        raise WorkflowError(f"{source}: step {i + 1} needs an 'op'")
+    name, op = str(raw.get("name", raw["op"])), str(raw["op"])
+    bad = set(raw) - STEP_KEYS
+    if bad:
+        raise WorkflowError(f"step {name!r}: unknown key(s) {', '.join(sorted(bad))}; "
+                            f"allowed: {', '.join(sorted(STEP_KEYS))}")
+    if name in seen:
+        raise WorkflowError(f"step {name!r} appears twice")
+    if op not in registry:
+        raise WorkflowError(f"step {name!r}: unknown operator {op!r}; known operators: "
+                            f"{', '.join(sorted(registry))}")
+    after = raw.get("after") or []
+    res = raw.get("resources") or {}
+    if set(res) - RESOURCE_KEYS:
+        raise WorkflowError(f"step {name!r}: unknown resource(s) "
+                            f"{', '.join(sorted(set(res) - RESOURCE_KEYS))}; "
+                            f"allowed: {', '.join(sorted(RESOURCE_KEYS))}")
+    for key in ("batch_size", "workers"):
+        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)
+                           or raw[key] < 1):
+            raise WorkflowError(f"step {name!r}: {key} must be a positive integer, "
+                                f"got {raw[key]!r}")
+    if not isinstance(raw.get("params") or {}, dict):
+        raise WorkflowError(f"step {name!r}: params must be a mapping")
+    step = Step(name=name, op=op, params=dict(raw.get("params") or {}),
+                after=[after] if isinstance(after, str) else list(after), resources=dict(res),
+                op_cls=registry[op], batch_size=raw.get("batch_size"), workers=raw.get("workers"))
+    try:
+        step.make()  # checks the parameter names; loads no model (setup() is not called)
+    except OperatorError as e:
+        raise WorkflowError(f"step {name!r}: {e}") from None
+    return step
+
+
+def _filters(doc: dict, source: str) -> list[Filter]:
     filters = []
     for i, f in enumerate(doc.get("filters") or []):
         if not isinstance(f, dict) or not f.get("where"):
@@ -273,12 +288,7 @@ def load(path_or_text: str | Path, registry: dict[str, type[Operator]] | None = 
         except ValueError as e:
             raise WorkflowError(f"filter {fname!r}: {e}") from None
         filters.append(Filter(name=fname, where=str(f["where"])))
-    wf = Workflow(name=str(doc.get("name") or p.stem), steps=steps, filters=filters, text=text,
-                  description=str(doc.get("description") or ""))
-    _topo_order(steps)  # raises on a cycle
-    _check_inputs(wf)
-    _check_filters(wf)
-    return wf
+    return filters
 
 
 def _check_filters(wf: Workflow) -> None:

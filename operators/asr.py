@@ -51,7 +51,7 @@ class Asr(Operator):
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
         if not video.get("has_audio"):
             return [{"asr_sentences": [], "asr_text": "", "asr_language": None,
-                     "asr_source": "no-audio", "asr_backend": "no-audio"}]
+                     "asr_language_prob": None, "asr_source": "no-audio", "asr_backend": "no-audio"}]
         vocals = bool(self.p["use_vocals"]) and video.get("separation_ran") and video.get("vocals_uri")
         uri, source = (video["vocals_uri"], "vocals") if vocals else (video["uri"], "mix")
         with local_path(uri) as path:

@@ -110,6 +110,7 @@ class Separation(Operator):
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
         if not video.get("has_audio"):
             return [{"separation_ran": False, "separation_reason": "no audio stream",
+                     "music_ratio": None, "accompaniment_db": None, "vocals_uri": None,
                      "voice_segments": [], "voice_source": "no-audio", "separation_backend": None}]
         from operators.nets import audio_scene
         from operators.nets.spleeter import read_audio, resample

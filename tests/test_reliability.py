@@ -256,9 +256,10 @@ def test_ctrl_c_stops_cleanly_and_resumes_exactly(tmp_path, tiny_videos):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_sigterm_with_ray_stops_cleanly_and_resumes_exactly(tmp_path, tiny_videos):
+@pytest.mark.parametrize("engine", ["scheduler", "raydata"])
+def test_sigterm_with_ray_stops_cleanly_and_resumes_exactly(tmp_path, tiny_videos, engine):
     _stopped_run_resumes_exactly(tmp_path, tiny_videos, signal.SIGTERM, 143, "SIGTERM",
-                                 "--workers", "1")
+                                 "--workers", "1", "--engine", engine)
 
 
 # ---- 3. the lease fences a paused holder ------------------------------------------------------------
