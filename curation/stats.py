@@ -87,6 +87,11 @@ def find_row(uri: str, ident: str) -> tuple[str, dict, dict]:
                 if store.exists("status"):
                     extra["steps"] = store.query("status", where=f"video_id = {vid}", columns=[
                         "step", "op_version", "ok", "error", "rows", "seconds", "run_id"]).to_pylist()
+            if table == "clips" and store.exists("windows"):
+                extra["windows"] = store.query(
+                    "windows", where=f"clip_id = {sql_quote(row['clip_id'])}",
+                    columns=["profile", "start_s", "end_s", "kept", "failed_check", "reason"]).to_pylist()
+                extra["windows"].sort(key=lambda r: (r["profile"], r["start_s"]))
             return table, row, extra
     raise StoreError(f"no clip, video or track with id {ident!r} in {uri}")
 
@@ -126,7 +131,8 @@ def schema_rows(only: str | None = None) -> list[dict]:
     ops = operators_in_order()
     rows = []
     backbone = {"videos": "ingest / probe", "shots": "shots", "clips": "clips", "tracks": "people",
-                "references": "references", "subsets": "curation balance"}
+                "references": "references", "subsets": "curation balance",
+                "windows": "curation validate"}
     for table, schema in TABLES.items():
         if only and table != only:
             continue

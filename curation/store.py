@@ -144,6 +144,9 @@ class Store:
         self.compact_fragments = COMPACT_FRAGMENTS
         # nothing is created until the first write (reading a wrong path must not make a store)
 
+    def __getstate__(self):   # opened datasets stay in their process
+        return {k: v for k, v in self.__dict__.items() if k != "_versions"}
+
     @property
     def is_local(self) -> bool:
         return "://" not in self.uri or self.uri.startswith("file://")
@@ -182,7 +185,15 @@ class Store:
             return None
 
     def dataset(self, table: str, version: int | str | None = None):
-        ds = self._open(table, version)
+        if isinstance(version, int):   # a numbered version never changes: open it once
+            cache = self.__dict__.setdefault("_versions", {})
+            if (table, version) not in cache:
+                cache[(table, version)] = self._open(table, version)
+            ds = cache[(table, version)]
+            if ds is None:
+                del cache[(table, version)]
+        else:
+            ds = self._open(table, version)
         if ds is None:
             raise StoreError(f"table {table!r} not found in store {self.uri}"
                              + (f" (version {version!r})" if version is not None else ""))
@@ -484,6 +495,30 @@ class Store:
         parts = [self.query(table, where=self.video_filter(ids[i:i + chunk], where), columns=columns)
                  for i in range(0, len(ids), chunk)]
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def query_blobs(self, table: str, blob: str, where: str | None = None,
+                    columns: Sequence[str] = (), version: int | str | None = None) -> list[dict]:
+        """Rows matching ``where`` with ``columns`` and the bytes of the blob column ``blob`` (a
+        query returns a blob column's descriptors, not its bytes; null blobs give None)."""
+        ds = self.dataset(table, version=version)
+        return ds.to_table(columns=list(columns) + [blob], filter=_checked(where),
+                           blob_handling="all_binary").to_pylist()
+
+    def blob_range(self, table: str, column: str, where: str, offset: int, size: int,
+                   version: int | str | None = None) -> bytes | None:
+        """``size`` bytes from ``offset`` of the blob column ``column`` of the first row matching
+        ``where`` (a ranged read: a window's slice of a long video's features, not the whole blob);
+        None when no row matches or the blob is null."""
+        ds = self.dataset(table, version=version)
+        t = ds.to_table(columns=[], filter=_checked(where), with_row_id=True, limit=1)
+        if not t.num_rows:
+            return None
+        (f,) = ds.take_blobs(column, ids=[t["_rowid"][0].as_py()])
+        if f is None:
+            return None
+        with f:
+            f.seek(offset)
+            return f.read(size)
 
     def page(self, table: str, where: str | None = None, columns: Sequence[str] | None = None,
              order_by: str | None = None, descending: bool = False, limit: int = 50,

@@ -127,8 +127,20 @@ SUBSETS = pa.schema([
     pa.field("emotional", pa.bool_()), pa.field("clips_version", pa.int64()),
     pa.field("params", pa.string()), pa.field("created_at", pa.timestamp("us", tz="UTC"))])
 
+# Verdicts of the window validator (``curation validate``): one row per (profile, clip, window start).
+CHECK_RESULT = pa.struct([("check", pa.string()), ("value", pa.float64()), ("keep", pa.bool_())])
+WINDOWS = pa.schema([
+    pa.field("profile", pa.string(), nullable=False), pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("start_s", pa.float64(), nullable=False),   # nominal start: the first frame is at or after it
+    pa.field("end_s", pa.float64()), pa.field("video_id", pa.string()),
+    pa.field("window_index", pa.int32()), pa.field("frames", pa.int32()), pa.field("fps", pa.float64()),
+    pa.field("first_frame_s", pa.float64()),              # pts of the decoded first frame (null: not decoded)
+    pa.field("kept", pa.bool_()), pa.field("failed_check", pa.string()), pa.field("reason", pa.string()),
+    pa.field("checks", pa.list_(CHECK_RESULT)), pa.field("validated_at", pa.timestamp("us", tz="UTC")),
+    *_common()])
+
 TABLES: dict[str, pa.Schema] = {"videos": VIDEOS, "shots": SHOTS, "clips": CLIPS, "tracks": TRACKS,
-                                "references": REFERENCES, "subsets": SUBSETS}
+                                "references": REFERENCES, "subsets": SUBSETS, "windows": WINDOWS}
 KEYS: dict[str, tuple[str, ...]] = {
     "videos": ("video_id",),
     "shots": ("video_id", "shot_index"),
@@ -136,6 +148,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "tracks": ("track_id",),
     "references": ("ref_id",),
     "subsets": ("subset", "clip_id"),
+    "windows": ("profile", "clip_id", "start_s"),
 }
 # Scalar indices the store keeps on each table (BTREE for ids and numbers, BITMAP for low-cardinality).
 INDICES: dict[str, dict[str, str]] = {
@@ -145,6 +158,7 @@ INDICES: dict[str, dict[str, str]] = {
     "tracks": {"track_id": "BTREE", "video_id": "BTREE"},
     "references": {"ref_id": "BTREE", "video_id": "BTREE", "kind": "BITMAP"},
     "subsets": {"subset": "BITMAP", "clip_id": "BTREE"},
+    "windows": {"clip_id": "BTREE", "profile": "BITMAP", "kept": "BITMAP", "failed_check": "BITMAP"},
 }
 
 # Bookkeeping tables of the store (not annotation tables).

@@ -6,8 +6,8 @@ a gradient that moves 1 px a frame. The audio is a tone per clip, sin(2 pi f t) 
 container time, in FLAC (lossless), so a window's audio shows where it was cut from to the sample.
 
 Kinds: ``ok``; ``black`` (black picture); ``letterbox`` (black bars top and bottom, a third of the
-frame); ``cut`` (another scene from the middle frame on); ``jump`` (the motion skips 40 px at the
-middle frame: a removed chunk); ``silent`` (no audio stream).
+frame); ``cut`` (another scene from frame ``cut_at(n)`` on); ``jump`` (the motion skips 40 px there:
+a removed chunk); ``silent`` (no audio stream).
 """
 from __future__ import annotations
 
@@ -43,13 +43,18 @@ def frame_number(image: np.ndarray) -> int:
     return n
 
 
+def cut_at(n: int) -> int:
+    """The frame where a ``cut`` clip's second scene / a ``jump`` clip's skip starts (mid-window)."""
+    return n // 2 + 12
+
+
 def frame(k: int, kind: str, n: int) -> np.ndarray:
     x = np.arange(W)[None, :]
     y = np.arange(H)[:, None]
-    phase = k + (40 if kind == "jump" and k >= n // 2 else 0)
+    phase = k + (40 if kind == "jump" and k >= cut_at(n) else 0)
     img = np.zeros((H, W, 3), np.uint8)
     if kind != "black":
-        scene_b = kind == "cut" and k >= n // 2
+        scene_b = kind == "cut" and k >= cut_at(n)
         base = (x * 2 + phase * 1) % 256 if not scene_b else (y * 3 + phase) % 256
         img[..., 0] = base
         img[..., 1] = 60 + (y * 1) % 120 if not scene_b else 200 - base // 2

@@ -29,8 +29,9 @@ def keys(batch):
 
 def global_batches(uri, world, seed, epochs=1, **kw):
     """Every global step's windows, ranks' shares put together in rank order."""
-    per_rank = [list(ClipStream(uri, window_s=1.0, seed=seed, rank=r, world_size=world,
-                                epochs=epochs, **kw).iter_steps()) for r in range(world)]
+    kw.setdefault("window_s", 1.0)
+    per_rank = [list(ClipStream(uri, seed=seed, rank=r, world_size=world, epochs=epochs,
+                                **kw).iter_steps()) for r in range(world)]
     steps = {len(p) for p in per_rank}
     assert len(steps) == 1, f"ranks have different step counts: {steps}"
     return [sum((keys(p[s]) for p in per_rank), []) for s in range(steps.pop())]
@@ -73,7 +74,7 @@ def test_samples_follow_the_contract_and_come_from_the_right_place(synth):
     assert "caption" in stream.text_missing
 
 
-@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("seed", [0, 7])
 def test_same_global_batches_on_any_world_size_and_every_window_once(synth, seed):
     uri, _ = synth
     ref = global_batches(uri, 1, seed)
@@ -96,6 +97,109 @@ def test_epochs_differ_and_world_size_must_divide_the_batch(synth):
         ClipStream(uri, window_s=1.0, rank=0, world_size=4)
 
 
+PROFILE = """name: synth
+window_s: 1.0
+checks:
+  - duration: {}
+  - sampling_fps: {min_ratio: 0.9}
+  - resolution: {min_short_side: 64}
+  - brightness: {min_mean: 30, max_mean: 225, max_dark_frames: 0.2, max_bright_frames: 0.2}
+  - black_white: {max_black: 0.4, max_white: 0.3}
+  - border: {max_total: 0.1}
+  - frame_jumps: {max_jumps: 0}
+  - motion_intensity: {min: 0.0, max: 400.0}
+  - audio: {min_rms_db: -50}
+"""
+# why each generated kind fails (window starts in seconds; the cut / jump is at 2.48 s)
+EXPECTED = {"c": ("brightness", {0.0, 1.0}), "f": ("border", {0.0, 1.0}), "g": ("audio", {0.0, 1.0}),
+            "d": ("frame_jumps", {2.0}), "e": ("frame_jumps", {2.0})}
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory):
+    p = tmp_path_factory.mktemp("profile") / "synth.yaml"
+    p.write_text(PROFILE)
+    return str(p)
+
+
+def _name(clip_id: str) -> str:
+    return clip_id.split(":")[0].split("_")[1]
+
+
+def test_online_rejections_are_replaced_deterministically_for_the_expected_reasons(synth, profile):
+    uri, _ = synth
+    kw = dict(profile=profile, verdicts=False)
+    ref = global_batches(uri, 1, 5, **kw)
+    assert global_batches(uri, 3, 5, **kw) == ref                   # replacements are topology-free
+    assert len(ref) == ClipStream(uri, window_s=1.0, seed=5).steps_per_epoch()   # same step count
+    reasons = {}
+    for x in ClipStream(uri, epochs=1, window_s=1.0, seed=5, **kw):
+        assert not (_name(x["clip_id"]) in EXPECTED and x["start_s"] in EXPECTED[_name(x["clip_id"])][1])
+        for r in x["replaced"]:
+            reasons[(_name(r["clip_id"]), r["start_s"])] = r["reason"].split(":")[0]
+    assert reasons, "no planned window was rejected: the test store lost its bad clips"
+    for (name, start), check in reasons.items():
+        assert name in EXPECTED and EXPECTED[name][0] == check and start in EXPECTED[name][1]
+
+
+def test_offline_validate_writes_verdicts_and_the_loader_plans_without_them(synth, profile):
+    import json
+
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+    from curation.store import Store
+    uri, _ = synth
+    res = CliRunner().invoke(app, ["validate", "--store", uri, "--profile", profile, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["profile"] == "synth" and out["candidates"] == 23
+    left = out["candidates"]
+    for row in out["funnel"]:                                       # consistent from N down to K
+        assert row["remaining"] == left - row["removed"]
+        left = row["remaining"]
+    assert left == out["kept"] == 23 - 2 - 2 - 2 - 1 - 1
+    rows = Store(uri).query("windows", "NOT kept").to_pylist()
+    got = {(_name(r["clip_id"]), r["start_s"]): r["failed_check"] for r in rows}
+    assert got == {(n, s): c for n, (c, starts) in EXPECTED.items() for s in starts}
+    assert all(r["reason"].startswith(r["failed_check"]) and r["checks"][-1]["keep"] is False for r in rows)
+    # the loader leaves the rejected windows out: every kept window exactly once, nothing replaced
+    stream = ClipStream(uri, window_s=1.0, seed=2, profile=profile, epochs=1, divisible_by=1,
+                        batch_windows=1)
+    seen = [(x["clip_id"], x["start_s"], x["replaced"]) for x in stream]
+    assert len(seen) == len({s[:2] for s in seen}) == out["kept"] and not any(s[2] for s in seen)
+    shown = CliRunner().invoke(app, ["show", "--store", uri, [r["clip_id"] for r in rows
+                                                            if r["failed_check"] == "border"][0]])
+    assert "border bars cover 0.333" in shown.stdout
+
+
+def _batch_digest(b) -> str:
+    h = hashlib.sha256()
+    for cid, s in zip(b["clip_id"], b["start_s"].tolist()):
+        h.update(cid.encode() + np.float64(s).tobytes())
+    h.update(b["frames"].numpy().tobytes() + b["audio"].numpy().tobytes() + b["states"].numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_dataloader_workers_give_the_same_steps_and_resume(synth):
+    """Spawned DataLoader workers (0 and 2) give the steps in order, identical; a loader resumed from
+    its state_dict, with another number of workers, gives the same later batches."""
+    from curation.data.loader import collate, make_loader
+    uri, _ = synth
+    kw = dict(window_s=1.0, seed=4, epochs=2, rank=1, world_size=2)
+    ref = [_batch_digest(collate(b)) for b in ClipStream(uri, **kw).iter_steps()]
+    loader = make_loader(ClipStream(uri, **kw), num_workers=2)
+    got, state = [], None
+    for i, b in enumerate(loader):
+        got.append(_batch_digest(b))
+        if i == 3:
+            state = loader.state_dict()
+    assert got == ref and state["step"] == 1 and state["epoch"] == 1
+    resumed = make_loader(ClipStream(uri, **kw), num_workers=0)
+    resumed.load_state_dict(state)
+    assert [_batch_digest(b) for b in resumed] == ref[4:]
+
+
 def digest(batch) -> str:
     h = hashlib.sha256()
     for s in batch:
@@ -104,12 +208,16 @@ def digest(batch) -> str:
     return h.hexdigest()
 
 
-def test_resume_after_a_kill_on_another_world_size_gives_the_same_later_batches(synth):
+def test_resume_after_a_kill_on_another_world_size_gives_the_same_later_batches(synth, profile):
+    """Killed after a random step (and at an epoch boundary), with online rejections replaced on the
+    way, resumed on 3 ranks from the state of rank 0 of 2."""
     uri, _ = synth
-    kw = dict(window_s=1.0, seed=3, epochs=3)
-    full = [digest(b) for b in ClipStream(uri, **kw).iter_steps()]
+    kw = dict(window_s=1.0, seed=3, epochs=3, profile=profile, verdicts=False)
+    steps = list(ClipStream(uri, **kw).iter_steps())
+    full = [digest(b) for b in steps]
+    assert sum(len(x["replaced"]) for b in steps[3:] for x in b) >= 3   # rejections after the stops
     rng = random.Random(0)
-    for stop in sorted({rng.randrange(1, len(full)), 3, 4}):      # mid-epoch and at epoch boundary
+    for stop in sorted({rng.randrange(4, len(full)), 3}):          # at an epoch boundary, and later
         s = ClipStream(uri, rank=0, world_size=2, **kw)
         it = iter(s)
         for _ in range(stop * 3):                                  # rank 0 has 3 samples a step
@@ -123,3 +231,32 @@ def test_resume_after_a_kill_on_another_world_size_gives_the_same_later_batches(
             ranks.append(list(t.iter_steps()))
         resumed = [digest(sum((ranks[r][i] for r in range(3)), [])) for i in range(len(ranks[0]))]
         assert resumed == full[stop:]
+
+
+def test_a_window_whose_video_is_gone_is_replaced_with_a_one_line_reason(tmp_path):
+    uri, _ = syn.build_store(tmp_path, [("a", "ok", 50), ("b", "ok", 50)])
+    (tmp_path / "media" / "b.mkv").unlink()
+    got = [x for x in ClipStream(uri, window_s=1.0, seed=0, epochs=1, divisible_by=2, batch_windows=2)]
+    assert len(got) == 4 and {x["clip_id"] for x in got} == {"v000_a:0:0"}
+    tried = [r for x in got for r in x["replaced"]]       # both b windows, maybe one twice
+    assert {r["clip_id"] for r in tried} == {"v001_b:0:0"} and len(tried) >= 2
+    assert all(r["reason"].startswith("error: ") and "b.mkv" in r["reason"] and "\n" not in r["reason"]
+               for r in tried)
+
+
+def test_references_come_from_the_references_table(tmp_path):
+    """The clip's reference JPEGs (a blob column) come back as RGB images, global ones first."""
+    import cv2
+
+    from curation.store import Store
+    uri, _ = syn.build_store(tmp_path, [("a", "ok", 25)])
+    rows = []
+    for k, (kind, bgr) in enumerate([("view_left", (0, 0, 255)), ("global", (255, 0, 0))]):
+        img = np.zeros((32, 24, 3), np.uint8)
+        img[:] = bgr
+        rows.append({"ref_id": f"r{k}", "video_id": "v000_a", "clip_id": "v000_a:0:0", "kind": kind,
+                     "score": 0.5, "image": cv2.imencode(".jpg", img)[1].tobytes()})
+    Store(uri).upsert("references", rows)
+    (x,) = list(ClipStream(uri, window_s=1.0, epochs=1, divisible_by=1, batch_windows=1))
+    assert [r.shape for r in x["references"]] == [(32, 24, 3)] * 2
+    assert x["references"][0][..., 2].mean() > 200 and x["references"][1][..., 0].mean() > 200  # blue, red

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from curation.cli import audit, balance, inspect, run, sample
+from curation.cli import audit, balance, inspect, run, sample, validate
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Curate human-centric video into training data: run workflows into a Lance "
@@ -23,6 +23,7 @@ inspect.register(app)
 sample.register(app)
 balance.register(app)
 audit.register(app)
+validate.register(app)
 
 
 def main() -> None:

@@ -63,21 +63,24 @@ def _value(clip: dict, src: str, start_s: float, end_s: float) -> str | None:
 
 def states_at(times: list | None, states: list | None, pts: np.ndarray, fps: float) -> np.ndarray:
     """The per-frame state codes (0 speak, 1 listen, 2 idle, 3 discard, -1 unknown) at the window's
-    frame times ``pts``: the label of the nearest labelled frame within half a frame interval (of
-    the labels' rate or the window's, whichever is longer), else -1."""
+    frame times ``pts``: the label of the nearest labelled frame, for frames inside the labelled span
+    (its ends widened by half a frame interval: the labels' rate or the window's, the longer); -1
+    outside it. (Labels come on a thinned grid, e.g. 25 of a 30 fps video's frames: a window frame
+    can fall in a gap of two source frames and take the nearer label.)"""
     out = np.full(len(pts), UNKNOWN_STATE, np.int8)
     if not times or not states:
         return out
     t = np.asarray(times, np.float64)
+    pts = np.asarray(pts, np.float64)
     codes = np.asarray([STATE_CODES.get(s, UNKNOWN_STATE) if s else UNKNOWN_STATE for s in states],
                        np.int8)
     step = float(np.median(np.diff(t))) if len(t) > 1 else 1.0 / fps
     tol = 0.5 * max(step, 1.0 / fps) + 1e-6
-    j = np.clip(np.searchsorted(t, pts), 1, len(t) - 1) if len(t) > 1 else np.zeros(len(pts), int)
-    if len(t) > 1:
-        j = np.where(np.abs(t[j - 1] - pts) <= np.abs(t[j] - pts), j - 1, j)
-    near = np.abs(t[j] - pts) <= tol
-    out[near] = codes[j[near]]
+    j = np.clip(np.searchsorted(t, pts), 0, len(t) - 1)
+    prev = np.clip(j - 1, 0, len(t) - 1)
+    j = np.where(np.abs(t[prev] - pts) <= np.abs(t[j] - pts), prev, j)
+    inside = (pts >= t[0] - tol) & (pts <= t[-1] + tol)
+    out[inside] = codes[j[inside]]
     return out
 
 
@@ -92,6 +95,15 @@ def mask_audio(mix: np.ndarray, mask: list | None, mask_times: list | None, star
     speak = mix * gain_curve(m != 2, len(mix), start_s, t)
     listen = mix * gain_curve(m != 1, len(mix), start_s, t)
     return speak.astype(np.float32), listen.astype(np.float32)
+
+
+def cut_audio(samples: np.ndarray, first: int, start_s: float, n: int) -> np.ndarray:
+    """The ``n`` samples from round(start_s * SR) of ``samples``, whose first is sample ``first``
+    of the stream (zeros where there are none)."""
+    a = int(round(start_s * SR)) - first
+    if a < 0:
+        return fit(np.concatenate([np.zeros(-a, np.float32), samples]), n)
+    return fit(samples[a:], n)
 
 
 def fit(samples: np.ndarray, n: int) -> np.ndarray:

@@ -8,6 +8,7 @@ every frame. Each reader is opened per window and closed after it (no decoder st
 windows: no read-ahead memory, nothing shared across DataLoader workers)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,13 +93,15 @@ def _pyav(path, start_s, n, fps, size) -> WindowFrames:
 
 
 def _torchcodec(path, start_s, n, fps, size) -> WindowFrames:
+    import torch
     from torchcodec.decoders import VideoDecoder
     transforms = None
     if size is not None:
         from torchcodec.transforms import Resize
         transforms = [Resize(size=tuple(size))]
+    device = os.environ.get("CURATION_DECODE_DEVICE") or None   # "cuda": NVDEC on a GPU node
     dec = VideoDecoder(path, dimension_order="NHWC", seek_mode="exact", transforms=transforms,
-                       num_ffmpeg_threads=THREADS)
+                       num_ffmpeg_threads=THREADS, device=device)
     meta = dec.metadata
     src_fps = float(meta.average_fps or 25)
     lo, hi = float(meta.begin_stream_seconds or 0.0), float(meta.end_stream_seconds or 1e9)
@@ -106,7 +109,7 @@ def _torchcodec(path, start_s, n, fps, size) -> WindowFrames:
     batch = dec.get_frames_played_in_range(a, max(a, min(hi - 1.0 / src_fps, _span_end(start_s, n, fps))))
     pts = batch.pts_seconds.numpy().astype(np.float64)
     idx = pick(pts, start_s, n, fps, src_fps)
-    images = batch.data.numpy()[idx]
+    images = batch.data[torch.from_numpy(idx)].cpu().numpy()
     src = (int(dec.metadata.height), int(dec.metadata.width))
     return WindowFrames(np.ascontiguousarray(images), pts[idx], src_fps, src, len(set(idx.tolist())))
 

@@ -12,9 +12,10 @@ where ours is kept):
    same number of frames (``frame_buckets``: bucket edges 2 % apart), a global batch is as many
    windows of one bucket as fill ``batch_tokens`` (frames x height x width), rounded down to a
    multiple of ``divisible_by`` (so every rank of a world size dividing it gets the same number of
-   windows). A bucket's last, smaller batch is emitted at the end of the epoch; what is left under
-   ``divisible_by`` windows are the epoch's *spares* (not yielded; they replace rejected windows
-   first, and change every epoch).
+   windows). At the end of the epoch what is left in the buckets of one frame size is sorted by
+   length and cut into batches of ``divisible_by`` neighbours (padded to the longest); fewer than
+   ``divisible_by`` windows per frame size are left over, the epoch's *spares* (not yielded; they
+   replace rejected windows first, and change every epoch).
 3. A rank takes its contiguous share of each global batch; DataLoader worker k of K takes the steps
    s with s % K == k; the DataLoader's round-robin puts them back in step order.
 
@@ -128,17 +129,29 @@ def epoch_plan(windows: list[Window], seed: int, epoch: int, batch_tokens: int |
         if len(filling[b]) == sizes[b]:
             batches.append(filling[b])
             filling[b] = []
-    spares = {}
-    for b in sorted(members):                      # last, smaller batches, then the spares
-        rest = filling[b]
-        cut = (len(rest) // divisible_by) * divisible_by
-        if cut:
-            batches.append(rest[:cut])
-        spares[b] = rest[cut:]
+    spares = _tails(windows, filling, divisible_by, batches)
     plan = EpochPlan(epoch, batches, spares, bucket_of)
     plan.padding = padding_fraction([[windows[i].frames for i in b] for b in batches])
     plan.per_bucket = {b: {"windows": len(m), "batch": sizes[b]} for b, m in members.items()}
     return plan
+
+
+def _tails(windows: list[Window], filling: dict, divisible_by: int, batches: list) -> dict:
+    """The windows left in the buckets at the end of an epoch: per frame size, sorted by length
+    (then by their place in the epoch), cut into batches of ``divisible_by`` neighbours in length
+    (a little padding instead of leaving them out); fewer than ``divisible_by`` per frame size are
+    the spares. Returns {bucket: spares}."""
+    by_size: dict[tuple, list[int]] = {}
+    for b in sorted(filling):
+        by_size.setdefault(b[:2], []).extend(filling[b])
+    spares: dict[tuple, list[int]] = {b: [] for b in filling}
+    for size in sorted(by_size):
+        rest = sorted(by_size[size], key=lambda i: windows[i].frames)   # stable: epoch order kept
+        cut = (len(rest) // divisible_by) * divisible_by
+        batches.extend(rest[k:k + divisible_by] for k in range(0, cut, divisible_by))
+        for i in rest[cut:]:
+            spares[bucket_key(windows[i])].append(i)
+    return spares
 
 
 def padding_fraction(batches: list[list[int]]) -> float:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 MAX_ATTEMPTS = 100        # candidates tried for one slot before the stream gives up (Energon: 100)
 PLAN_COLUMNS = ["clip_id", "video_id", "start_s", "end_s", "width", "height"]
+TRACK_COLUMNS = ["track_id", "frame_times_s", "face_boxes", "person_boxes", "composition", "hands_ratio"]
 
 
 class StreamError(RuntimeError):
@@ -65,14 +66,16 @@ class ClipStream(IterableDataset):
     has a multiple of this many windows (the world sizes that divide it can share it evenly).
     ``rank`` / ``world_size``: default torch.distributed's, else the RANK / WORLD_SIZE variables,
     else 0 / 1. ``epochs``: None = endless. ``validate``: run the profile's checks on each window
-    (a rejected window is replaced, see :func:`curation.data.plan.replacements`)."""
+    (a rejected window is replaced, see :func:`curation.data.plan.replacements`); ``verdicts``: leave
+    the windows ``curation validate`` rejected for the profile out of the plan."""
 
     def __init__(self, store, where: str | None = None, profile: str | None = None,
                  window_s: float | tuple[float, float] = 2.0, seed: int = 0, fps: float = 25.0,
                  size: tuple[int, int] | None = None, *, stride_s: float | None = None,
                  batch_tokens: int | None = None, batch_windows: int = 6, divisible_by: int = 6,
                  rank: int | None = None, world_size: int | None = None, epochs: int | None = None,
-                 validate: bool = True, max_references: int = 4, backend: str = DEFAULT_BACKEND):
+                 validate: bool = True, verdicts: bool = True, max_references: int = 4,
+                 backend: str = DEFAULT_BACKEND):
         from curation.store import Store
         from curation.validate.profile import load_profile
         self.uri = store.uri if isinstance(store, Store) else str(store)
@@ -96,7 +99,7 @@ class ClipStream(IterableDataset):
             raise StreamError(f"no clips table in {self.uri}")
         self._reset_caches()
         self.epoch, self.step, self.offset = 0, 0, 0
-        self.known_drops = self._known_drops()
+        self.known_drops = self._known_drops() if verdicts else set()
         self.windows = self._cut()
         if not self.windows:
             raise StreamError(f"no window of {window_s} s in the clips matching {self.where!r}")
@@ -106,20 +109,26 @@ class ClipStream(IterableDataset):
     # ---- pickling: workers rebuild caches (and reopen the store) ------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_store", "_rows", "_videos", "_features", "_refs", "_plans"):
+        for k in ("_store", "_rows", "_videos", "_features", "_refs", "_plans", "_threads", "windows"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state):
+        """A worker cuts the windows again from the same table versions (a million windows would
+        be a 100 MB pickle per worker) and checks it got the same list."""
         self.__dict__.update(state)
         self._reset_caches()
+        self.windows = self._cut()
+        if fingerprint(self.windows) != self.fingerprint:
+            raise StreamError("the selection read in a worker differs from the parent's")
 
     def _reset_caches(self):
         from curation.store import Store
         self._store = Store(self.uri)
         self._rows, self._videos = _Cache(512), _Cache(64)
-        self._features, self._refs = _Cache(4), _Cache(256)
+        self._features, self._refs = _Cache(1024), _Cache(256)
         self._plans = _Cache(2)
+        self._threads = None
 
     # ---- the selection ------------------------------------------------------------------------------
     def _query(self, table: str, where: str | None, columns=None):
@@ -137,8 +146,8 @@ class ClipStream(IterableDataset):
             return set()
         from curation.store import sql_quote
         t = self._query("windows", f"profile = {sql_quote(self.profile.name)} AND NOT kept "
-                                   f"AND fps = {self.fps!r}", ["clip_id", "nominal_s", "frames"])
-        return {(r["clip_id"], round(r["nominal_s"], 4), r["frames"]) for r in t.to_pylist()}
+                                   f"AND fps = {self.fps!r}", ["clip_id", "start_s", "frames"])
+        return {(r["clip_id"], round(r["start_s"], 4), r["frames"]) for r in t.to_pylist()}
 
     def _text_report(self) -> list[str]:
         names = set(self._store.dataset("clips", self.versions["clips"]).schema.names)
@@ -173,23 +182,26 @@ class ClipStream(IterableDataset):
 
     def iter_steps(self, worker: int = 0, workers: int = 1) -> Iterator[list[dict]]:
         """This rank's share of each global step, as lists of samples, from the current position;
-        with ``workers`` > 1 only the steps s with s % workers == worker (DataLoader workers)."""
+        with ``workers`` > 1 only every ``workers``-th step from it, starting at ``worker`` (a
+        DataLoader's round-robin over its workers puts them back in order)."""
         for _, _, batch, _, _ in self._steps(worker, workers):
             yield batch
 
     def _steps(self, worker: int, workers: int):
-        epoch, step, skip = self.epoch, self.step, self.offset
+        epoch, step, start = self.epoch, self.step, (self.epoch, self.step, self.offset)
+        g = -1   # steps counted from the start position, across epochs: worker g % workers has it
         while self.epochs is None or epoch < self.epochs:
             plan = self.plan(epoch)
             for s in range(step, len(plan.batches)):
-                if s % workers != worker:
+                g += 1
+                if g % workers != worker:
                     continue
+                skip = start[2] if (epoch, s) == start[:2] else 0   # resumed inside this step
                 share = rank_share(plan.batches[s], self.rank, self.world_size)
                 first = self.rank * len(share)
                 batch = [self._sample(plan, s, first + j, i) for j, i in enumerate(share) if j >= skip]
                 if batch:
                     yield epoch, s, batch, skip, len(share)
-                skip = 0
             epoch, step = epoch + 1, 0
             self.epoch, self.step, self.offset = epoch, 0, 0
 
@@ -202,7 +214,12 @@ class ClipStream(IterableDataset):
             i = next(candidates, None)
             if i is None:
                 break
-            sample, verdict = self.build(self.windows[i])
+            try:
+                sample, verdict = self.build(self.windows[i])
+            except Exception as e:  # noqa: BLE001 - an unreadable window is replaced like a rejected one
+                from curation.store import one_line
+                sample, verdict = None, f"error: {one_line(e, 200)}"
+                log.warning("%s @ %.2f s: %s", self.windows[i].clip_id, self.windows[i].start_s, verdict)
             if verdict is None:
                 sample.update(epoch=plan.epoch, step=step, slot=slot, replaced=tried)
                 return sample
@@ -220,12 +237,15 @@ class ClipStream(IterableDataset):
         clip = self.clip_row(w.clip_id)
         video = self.video_row(w.video_id or clip["video_id"])
         from curation.media import local_path
+        n_audio = int(round(w.frames / self.fps * cond.SR))
         with local_path(video["uri"]) as path:
+            # the audio around the window decodes in a thread while the frames decode (both
+            # release the GIL); the window's samples are cut from it at the first frame's pts
+            audio = self._pool().submit(self._mix, path, video, w.start_s, n_audio)
             wf = read_window(path, w.start_s, w.frames, self.fps, self.size, self.backend,
                              int(video.get("rotation") or 0))
             start = float(wf.pts[0]) if len(wf.pts) else w.start_s
-            n_audio = int(round(w.frames / self.fps * cond.SR))
-            audio = self._mix(path, video, start, n_audio)
+            audio = cond.cut_audio(*audio.result(), start, n_audio)
         sample = {"clip_id": w.clip_id, "video_id": clip["video_id"], "start_s": start,
                   "fps": self.fps, "frames": wf.images, "audio": audio, "window_index": w.index,
                   "pts": wf.pts, "has_audio": bool(video.get("has_audio"))}
@@ -238,11 +258,22 @@ class ClipStream(IterableDataset):
         self._conditions(sample, clip, w, wf.pts)
         return sample, None
 
-    def _mix(self, path: str, video: dict, start: float, n: int) -> np.ndarray:
+    def _mix(self, path: str, video: dict, nominal: float, n: int) -> tuple[np.ndarray, int]:
+        """(samples, index of the first) of the mix from 0.2 s before the window's nominal start to
+        0.5 s past its end: the first frame is at most a frame after the nominal start. Starting on
+        a whole sample keeps the cut at round(pts * 16000) exact."""
+        first = max(0, int(np.floor((nominal - 0.2) * cond.SR)))
         if not video.get("has_audio"):
-            return np.zeros(n, np.float32)
+            return np.zeros(0, np.float32), first
         from curation.media import load_audio
-        return cond.fit(load_audio(path, cond.SR, start_s=start, duration_s=n / cond.SR), n)
+        return load_audio(path, cond.SR, start_s=first / cond.SR,
+                          duration_s=(n + int(0.7 * cond.SR)) / cond.SR), first
+
+    def _pool(self):
+        if self._threads is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._threads = ThreadPoolExecutor(1, thread_name_prefix="clipstream-audio")
+        return self._threads
 
     def _conditions(self, sample: dict, clip: dict, w: Window, pts: np.ndarray) -> None:
         start, n = sample["start_s"], len(sample["audio"])
@@ -273,23 +304,33 @@ class ClipStream(IterableDataset):
         return mix.copy(), np.zeros(n, np.float32), "mix_unlabelled"
 
     def _features_of(self, video_id: str, pts: np.ndarray):
-        feats = self._features.get_or(video_id, lambda: self._load_features(video_id))
-        if feats is None:
+        """The video's Whisper features at the frame times: only the window's slice of the blob is
+        read (an hour of tiny.en features is 1.4 GB)."""
+        meta = self._features.get_or(video_id, lambda: self._features_meta(video_id))
+        if meta is None or not len(pts):
             return None
-        values, rate, t0 = feats
-        return cond.features_at(values, rate, t0, pts)
+        (frames, groups, dim), rate, t0 = meta
+        row = groups * dim * 2                                    # float16
+        f0 = int(np.clip(np.floor((pts[0] - t0) * rate) - 1, 0, frames - 1))
+        f1 = int(np.clip(np.ceil((pts[-1] - t0) * rate) + 2, f0 + 1, frames))
+        from curation.store import sql_quote
+        data = self._store.blob_range("videos", "audio_features", f"video_id = {sql_quote(video_id)}",
+                                      f0 * row, (f1 - f0) * row, version=self.versions["videos"])
+        values = np.frombuffer(data, np.float16).reshape(f1 - f0, groups, dim)
+        return cond.features_at(values, rate, t0 + f0 / rate, pts)
 
-    def _load_features(self, video_id: str):
+    def _features_meta(self, video_id: str):
+        """((F, G, D), rate, start) of the video's features, None when it has none."""
         from curation.store import sql_quote
         if "audio_features" not in self._store.dataset("videos", self.versions["videos"]).schema.names:
             return None
-        cols = ["audio_features", "audio_features_shape", "audio_features_hz", "audio_features_start_s"]
+        cols = ["audio_features_shape", "audio_features_hz", "audio_features_start_s"]
         rows = self._query("videos", f"video_id = {sql_quote(video_id)}", cols).to_pylist()
         r = rows[0] if rows else {}
-        if not r.get("audio_features"):
+        if not r.get("audio_features_shape"):
             return None
-        values = np.frombuffer(r["audio_features"], np.float16).reshape(r["audio_features_shape"])
-        return values, float(r["audio_features_hz"]), float(r.get("audio_features_start_s") or 0.0)
+        return tuple(r["audio_features_shape"]), float(r["audio_features_hz"]), \
+            float(r.get("audio_features_start_s") or 0.0)
 
     def _references(self, clip: dict) -> list[np.ndarray]:
         if "references" not in self.versions or self.max_references <= 0:
@@ -300,8 +341,9 @@ class ClipStream(IterableDataset):
                  else f"clip_id = {sql_quote(clip['clip_id'])}")
 
         def load():
-            t = self._query("references", _and(where, "error IS NULL AND image IS NOT NULL"),
-                            ["ref_id", "kind", "score", "image"]).to_pylist()
+            t = self._store.query_blobs("references", "image", _and(where, "error IS NULL"),
+                                        ["ref_id", "kind", "score"], version=self.versions["references"])
+            t = [r for r in t if r["image"]]
             t.sort(key=lambda r: (r["kind"] != "global", -(r["score"] or 0), r["ref_id"]))
             images = [cond.decode_jpeg(r["image"]) for r in t[: self.max_references]]
             return [im for im in images if im is not None]
@@ -315,20 +357,20 @@ class ClipStream(IterableDataset):
 
     def video_row(self, video_id: str) -> dict:
         from curation.store import sql_quote
-        cols = [c for c in ("video_id", "uri", "has_audio", "rotation", "fps", "width", "height")]
+        cols = ["video_id", "uri", "has_audio", "rotation", "fps", "width", "height"]
         return self._videos.get_or(video_id, lambda: self._query(
             "videos", f"video_id = {sql_quote(video_id)}", cols).to_pylist()[0])
 
     def _track_of(self, clip: dict) -> dict | None:
-        if not clip.get("track_id"):
+        if not clip.get("track_id") or not self._store.exists("tracks"):
             return None
         from curation.store import sql_quote
-        s = self._store
-        if not s.exists("tracks"):
-            return None
-        rows = s.query("tracks", f"track_id = {sql_quote(clip['track_id'])}",
-                       ["track_id", "frame_times_s", "face_boxes", "person_boxes"]).to_pylist()
-        return rows[0] if rows else None
+
+        def load():
+            cols = [c for c in TRACK_COLUMNS if c in self._store.schema("tracks").names]
+            rows = self._store.query("tracks", f"track_id = {sql_quote(clip['track_id'])}", cols).to_pylist()
+            return rows[0] if rows else None
+        return self._rows.get_or(("track", clip["track_id"]), load)
 
     # ---- resume ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -153,6 +153,16 @@ def mask_area(w: WindowView, p: dict):
     return value, value >= p["min_share"], f"{p['box'].split('_')[0]} area {value:.3g} < {p['min_share']}"
 
 
+def composition(w: WindowView, p: dict):
+    """The subject's body composition (people: head / half_body / full_body) and hands."""
+    if not w.track or w.track.get("composition") is None:
+        return None, bool(p["allow_missing"]), "no composition for this clip's track"
+    comp, hands = w.track["composition"], float(w.track.get("hands_ratio") or 0.0)
+    if p["allowed"] and comp not in p["allowed"]:
+        return hands, False, f"composition {comp} not in {'/'.join(p['allowed'])}"
+    return hands, hands >= p["min_hands_ratio"], f"hands on {hands:.3g} of frames < {p['min_hands_ratio']}"
+
+
 def state_coverage(w: WindowView, p: dict):
     codes = cond.states_at(w.clip.get("frame_times"), w.clip.get("frame_states"), w.times, w.fps)
     if (codes == cond.UNKNOWN_STATE).all():
@@ -265,6 +275,8 @@ CHECKS: dict[str, Check] = {
     "motion_consistency": Check(motion_consistency, "meta", {"max_jumps": 0, "allow_missing": True}),
     "mask_area": Check(mask_area, "meta", {"box": "face_boxes", "min_share": 0.0,
                                            "allow_missing": False}),
+    "composition": Check(composition, "meta", {"allowed": [], "min_hands_ratio": 0.0,
+                                               "allow_missing": False}),
     "state_coverage": Check(state_coverage, "meta", {"state": "", "min_share": 0.0, "max_discard": 1.0,
                                                      "min_labelled": 0.0, "allow_missing": False}),
     "duration": Check(duration, "frames", {"tolerance_s": 0.001}),

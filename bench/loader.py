@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""The loader against a bare decode of the same windows, its memory over many windows, and the padding
+of its token buckets.
+
+    .venv/bin/python bench/loader.py --media ../shared/media [--workers 0,2] [--memory-windows 20000]
+
+1. **Delivered windows per second** (``ClipStream`` / ``make_loader``: decode, audio, states,
+   conditions, online checks of ``--profile``) over ``--epochs`` epochs of 2 s windows of the shared clips (a
+   store made with probe + shots + clips + audio_features, or ``--store``), as a ratio to a bare
+   decode of the same windows (``curation.data.decode.read_window`` alone, same backend, same size)
+   on the same cores: in one process (0 workers), and with W processes each side (the loader's
+   DataLoader workers against a ``multiprocessing`` pool of W decoding the same windows).
+   Alternating order, median of ``--repeats``.
+2. **Resident memory** of the process while an endless stream (0 workers) delivers
+   ``--memory-windows`` windows of tiny generated clips (tests/synthetic.py), sampled every 1,000.
+3. **Padding** of the token buckets: windows of 2-6 s (``window_s=(2, 6)``) of the shared clips'
+   shots, batches of ``--batch-tokens``: the padded share of frames over 5 epochs' plans.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+WORKFLOW = """name: bench_loader
+steps:
+  - {name: probe, op: probe, params: {decode_check: ends}}
+  - {name: shots, op: shots, after: [probe]}
+  - {name: clips, op: clips, after: [shots], params: {min_duration_s: 2.0, max_duration_s: 10.0}}
+  - {name: audio_features, op: audio_features, after: [probe]}
+"""
+
+
+def make_store(media: str, models: str, root: Path) -> str:
+    (root / "wf.yaml").write_text(WORKFLOW)
+    cmd = [str(Path(sys.executable).parent / "curation"), "run", str(root / "wf.yaml"), "--store",
+           str(root / "store"), "--models", models, "--local", "--input", media]
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return str(root / "store")
+
+
+def _bare(job):
+    from curation.data.decode import read_window
+    path, start, n, fps, size = job
+    return len(read_window(path, start, n, fps, size).images)
+
+
+def bare_jobs(stream, epochs: int) -> list:
+    jobs = []
+    for b in (b for e in range(epochs) for b in stream.plan(e).batches):
+        for i in b:
+            w = stream.windows[i]
+            jobs.append((stream.video_row(w.video_id)["uri"], w.start_s, w.frames, stream.fps, stream.size))
+    return jobs
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its finished children (pool / DataLoader
+    workers are joined before the clock is read)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_bare(jobs, workers: int) -> tuple[float, float, float]:
+    """(seconds in all, seconds from the first window to the last, CPU seconds)."""
+    c0 = cpu_seconds()
+    t0 = time.perf_counter()
+    first = None
+    if workers:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for _ in pool.imap(_bare, jobs, chunksize=1):
+                first = first or time.perf_counter()
+    else:
+        for job in jobs:
+            _bare(job)
+            first = first or time.perf_counter()
+    end = time.perf_counter()
+    return end - t0, end - first, cpu_seconds() - c0
+
+
+def run_loader(make, workers: int) -> tuple[float, float, float, int]:
+    from curation.data.loader import make_loader
+    c0 = cpu_seconds()
+    t0 = time.perf_counter()
+    first, n = None, 0
+    for b in make_loader(make(), num_workers=workers):
+        n += len(b["clip_id"])
+        first = first or (time.perf_counter(), n)
+    end = time.perf_counter()
+    return end - t0, (end - first[0]) * n / max(1, n - first[1]), cpu_seconds() - c0, n
+
+
+def throughput(args, store: str) -> None:
+    from curation.data import ClipStream
+
+    def make():
+        return ClipStream(store, profile=args.profile, window_s=2.0, seed=0, epochs=args.epochs,
+                          size=args.size, divisible_by=1, batch_windows=2, verdicts=False)
+    jobs = bare_jobs(make(), args.epochs)
+    print(f"\n## delivered windows / s vs bare decode ({len(jobs)} windows of 2 s at 25 fps, "
+          f"size {args.size or 'native'}, profile {args.profile}; load average {os.getloadavg()[0]:.1f})\n")
+    print("| workers | bare decode windows/s | loader windows/s | ratio | ratio after the first window "
+          "| CPU-time ratio |")
+    print("|---|---|---|---|---|---|")
+    for workers in args.workers:
+        res = {"bare": [], "loader": []}
+        for r in range(args.repeats):
+            order = ("bare", "loader") if r % 2 == 0 else ("loader", "bare")
+            for what in order:
+                if what == "bare":
+                    res["bare"].append(run_bare(jobs, workers))
+                else:
+                    whole, steady, cpu, n = run_loader(make, workers)
+                    assert n == len(jobs), (n, len(jobs))
+                    res["loader"].append((whole, steady, cpu))
+        b = [statistics.median(len(jobs) / x[k] for x in res["bare"]) for k in (0, 1, 2)]
+        lo = [statistics.median(len(jobs) / x[k] for x in res["loader"]) for k in (0, 1, 2)]
+        print(f"| {workers} | {b[0]:.2f} | {lo[0]:.2f} | **{lo[0] / b[0]:.2f}** | {lo[1] / b[1]:.2f} "
+              f"| {lo[2] / b[2]:.2f} |")
+
+
+def rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory(args, root: Path) -> None:
+    import synthetic as syn
+
+    from curation.data import ClipStream
+    uri, _ = syn.build_store(root / "mem", [(f"c{i}", "ok", 250) for i in range(40)])
+    stream = ClipStream(uri, window_s=0.4, seed=0, divisible_by=1, batch_windows=8)   # endless
+    print(f"\n## resident memory over {args.memory_windows} windows (0.4 s of 96x128 generated clips, "
+          f"{len(stream.windows)} windows an epoch, endless stream)\n")
+    print("| windows | RSS MB | windows/s |\n|---|---|---|")
+    t0 = time.perf_counter()
+    for n, _ in enumerate(stream, start=1):
+        if n % 1000 == 0 or n == 1:
+            print(f"| {n} | {rss_mb():.0f} | {n / (time.perf_counter() - t0):.0f} |", flush=True)
+        if n >= args.memory_windows:
+            break
+
+
+def padding(args, store: str) -> None:
+    """The plan alone (metadata, no decode): 10,000 clips of 2-20 s at three frame sizes."""
+    import numpy as np
+
+    from curation.data.plan import cut_windows, epoch_plan
+    rng = np.random.default_rng(0)
+    sizes = [(256, 256), (320, 192), (192, 320)]
+    clips = [{"clip_id": f"c{i:05d}", "video_id": f"v{i}", "start_s": 0.0,
+              "end_s": float(rng.uniform(2, 20)), "height": sizes[i % 3][0], "width": sizes[i % 3][1]}
+             for i in range(10000)]
+    windows = cut_windows(clips, (2.0, 6.0), 25.0)
+    lengths = sorted({w.frames for w in windows})
+    print(f"\n## token-bucket padding ({len(windows)} windows of 2-6 s from 10,000 clips of 2-20 s, "
+          f"{len(lengths)} lengths {lengths[0]}-{lengths[-1]} frames, 3 frame sizes, budget "
+          f"{args.batch_tokens:,} tokens a global batch, batches a multiple of 8 windows)\n")
+    print("| epoch | global batches | windows per batch | padding | spares (not yielded) |\n|---|---|---|---|---|")
+    for e in range(3):
+        p = epoch_plan(windows, 0, e, batch_tokens=args.batch_tokens, divisible_by=8)
+        n = [len(b) for b in p.batches]
+        spares = sum(map(len, p.spares.values()))
+        print(f"| {e} | {len(n)} | {min(n)}-{max(n)} | {p.padding:.4f} | {spares} ({spares / len(windows):.2%}) |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--media", default=os.environ.get("CURATION_MEDIA", str(ROOT.parent / "shared" / "media")))
+    ap.add_argument("--models", default=os.environ.get("CURATION_MODELS", str(ROOT.parent / "shared" / "models")))
+    ap.add_argument("--store", default=None)
+    ap.add_argument("--profile", default=None, help="validate online with this profile (default none)")
+    ap.add_argument("--workers", default="0,2")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of the throughput runs")
+    ap.add_argument("--size", default=None, help="HxW (default native)")
+    ap.add_argument("--memory-windows", type=int, default=20000)
+    ap.add_argument("--batch-tokens", type=int, default=256 * 256 * 150 * 16)
+    ap.add_argument("--skip", default="", help="comma list of: throughput, memory, padding")
+    args = ap.parse_args()
+    args.workers = [int(w) for w in args.workers.split(",")]
+    args.size = tuple(int(x) for x in args.size.split("x")) if args.size else None
+    skip = set(args.skip.split(","))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        store = args.store or (make_store(args.media, args.models, root)
+                               if "throughput" not in skip else None)
+        if "throughput" not in skip:
+            throughput(args, store)
+        if "padding" not in skip:
+            padding(args, store)
+        if "memory" not in skip:
+            memory(args, root)
+
+
+if __name__ == "__main__":
+    main()

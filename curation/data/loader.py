@@ -1,0 +1,92 @@
+"""Batches for a training loop: a DataLoader over a :class:`ClipStream` whose batches are whole global
+steps (this rank's share), in step order, with spawn-started workers, and a state to resume from.
+
+    loader = make_loader(stream, num_workers=2)
+    for batch in loader: ...                      # collate(): padded tensors + lists
+    torch.save(loader.state_dict(), "ckpt")       # a few integers; load_state_dict() to resume
+
+Worker k of K computes every K-th step from the start position, from the k-th on, and the DataLoader's round-robin returns them in
+step order, so batches do not depend on K (nor, through the plan, on the number of ranks). Workers
+are started with ``spawn``: Lance is not fork-safe (a forked worker can hang in its runtime; lance
+issues 3640, 2204, 2405), and neither are decoders with threads.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from curation.data.stream import ClipStream
+
+
+class StepDataset(IterableDataset):
+    """Yields this rank's share of each global step as a list of samples (one DataLoader item)."""
+
+    def __init__(self, stream: ClipStream):
+        self.stream = stream
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        yield from self.stream.iter_steps(worker, workers)
+
+
+def _pad(arrays: list[np.ndarray], length: int, fill=0) -> np.ndarray:
+    out = np.full((len(arrays), length) + arrays[0].shape[1:], fill, arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, :len(a)] = a
+    return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """One step's samples as a batch: frames (B, T, H, W, 3) uint8, audio / speak_audio /
+    listen_audio (B, N) float32, states (B, T) int8 (-1 past a window's end), audio_features
+    (B, T, G, D) float32 or None, ``frame_mask`` (B, T) bool: True on real frames (windows of one
+    token bucket differ by under 2 % in length; the shorter ones are padded), and lists of the rest."""
+    t_max = max(len(s["frames"]) for s in samples)
+    n_max = max(len(s["audio"]) for s in samples)
+    batch = {
+        "frames": torch.from_numpy(_pad([s["frames"] for s in samples], t_max)),
+        "frame_mask": torch.from_numpy(_pad([np.ones(len(s["frames"]), bool) for s in samples], t_max)),
+        "states": torch.from_numpy(_pad([s["states"] for s in samples], t_max, fill=-1)),
+        "start_s": torch.tensor([s["start_s"] for s in samples], dtype=torch.float64),
+        "epoch": samples[0]["epoch"], "step": samples[0]["step"],
+    }
+    for key in ("audio", "speak_audio", "listen_audio"):
+        batch[key] = torch.from_numpy(_pad([s[key] for s in samples], n_max))
+    feats = [s.get("audio_features") for s in samples]
+    batch["audio_features"] = None if any(f is None for f in feats) else torch.from_numpy(_pad(feats, t_max))
+    for key in ("clip_id", "video_id", "text", "references", "fps", "replaced", "audio_source"):
+        batch[key] = [s.get(key) for s in samples]
+    return batch
+
+
+class WindowLoader:
+    """A DataLoader over whole steps, that knows the last step it handed out (see module doc)."""
+
+    def __init__(self, stream: ClipStream, num_workers: int = 0, collate_fn=collate,
+                 prefetch_factor: int | None = 2, pin_memory: bool = False):
+        self.stream, self.num_workers, self.collate_fn = stream, int(num_workers), collate_fn
+        self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
+
+    def __iter__(self):
+        kw = {}
+        if self.num_workers:
+            kw = dict(multiprocessing_context="spawn", prefetch_factor=self.prefetch_factor,
+                      persistent_workers=False)
+        dl = DataLoader(StepDataset(self.stream), batch_size=None, num_workers=self.num_workers,
+                        collate_fn=self.collate_fn, pin_memory=self.pin_memory, **kw)
+        for batch in dl:
+            # the position after this step (workers ran on copies of the stream)
+            self.stream.epoch, self.stream.step, self.stream.offset = batch["epoch"], batch["step"] + 1, 0
+            yield batch
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+
+def make_loader(stream: ClipStream, num_workers: int = 0, **kw) -> WindowLoader:
+    return WindowLoader(stream, num_workers=num_workers, **kw)
