@@ -247,13 +247,14 @@ class RayDataEngine:
     def __init__(self, worker_args: Callable[[Stage], tuple], committer: Committer,
                  progress: Callable[[str, int, int], None], workers: int,
                  commit: str = "group", batch: int | None = None, tasks_per_actor: int = 1,
-                 settings: dict | None = None):
+                 settings: dict | None = None, actor_cpus: float = 0.01):
         self.worker_args, self.committer, self.progress = worker_args, committer, progress
         self.workers = workers
         self.commit = commit              # "group" or "worker" (see the module docstring)
         self.batch = batch                # videos per call of every stage (None: _batch)
         self.tasks_per_actor = tasks_per_actor
         self.settings = dict(settings or {})   # DataContext attributes to set
+        self.actor_cpus = actor_cpus
         self.concurrency = (0.0, 0)
         self.stats = ""            # Ray Data's execution stats of the last pipeline
 
@@ -383,6 +384,9 @@ class RayDataEngine:
         ctor = (st, args, args[3], args[4], args[5], self.committer.fence, self.tally, self.commits)
         name = "".join(c if c.isalnum() else "_" for c in st.label)
         if st.stateful:   # an autoscaling pool of actors; a dead one is replaced, its call not retried
+            # an actor asks for a token CPU share (as the scheduler's do): a CPU reserved for an
+            # idle actor would starve the stages upstream of it (on 2 CPUs, every task stage)
+            common["num_cpus"] = min(res.num_cpus, self.actor_cpus)
             return ds.map_batches(type(f"Stage_{name}", (_StageCall,), {}),
                                   fn_constructor_args=(*ctor, True),
                                   compute=ray.data.ActorPoolStrategy(
@@ -397,12 +401,15 @@ class RayDataEngine:
                               ray_remote_args_fn=_task_args, **common)
 
     def _batch(self, st: Stage, videos: int) -> int:
-        """Videos per call of a stage without a batch size. Ray Data's batch size is fixed when the
-        pipeline is built, before any video was measured, so it comes from the files' sizes: about
-        CALL_BYTES of input per call (1 s tiny videos: 64 per call; the shared clips: 1), and no
-        more than leaves every worker of the stage a few calls (streaming)."""
-        if self.batch or st.batch:
-            return self.batch or st.batch
+        """Videos per call of a stage without a batch size (model stages too: an operator's
+        default of 1 is no batch size). Ray Data's batch size is fixed when the pipeline is built,
+        before any video was measured, so it comes from the files' sizes: about CALL_BYTES of input
+        per call (1 s tiny videos: 64 per call; the shared clips: 1), and no more than leaves every
+        worker of the stage a few calls (streaming)."""
+        fixed = max((s.batch_size or (s.op_cls.batch_size if s.op_cls.batch_size > 1 else 0)
+                     for s in st.steps), default=0)   # set in the workflow, or by the operator
+        if self.batch or fixed:
+            return self.batch or fixed
         by_size = int(CALL_BYTES / max(1.0, self.median_bytes))
         return max(1, min(MAX_BATCH, by_size, videos // (4 * st.workers)))
 

@@ -80,6 +80,7 @@ import pyarrow as pa
 
 from curation.media import FrameSpec, Frames, MediaError, load_audio, local_path
 from curation.operator import Operator, OperatorError, Param, Resources
+from curation.tracks import FRAME_TIMES, in_span
 from operators.nets import omni
 from schemas.taxonomy import LISTENER_FIELDS, TAG_KEYS
 
@@ -142,9 +143,9 @@ def _to_video_time(spans, start_s: float):
 
 def span_boxes(track: dict, column: str, start_s: float, end_s: float) -> np.ndarray:
     """The track's finite boxes (K, 4) of ``column`` on its frames in [start_s, end_s)."""
-    times = np.asarray(track.get("frame_times_s") or [], np.float64)
+    times = np.asarray(track.get(FRAME_TIMES) or [], np.float64)
     boxes = track.get(column) or []
-    keep = [i for i, t in enumerate(times[: len(boxes)]) if start_s - 1e-6 <= t < end_s - 1e-6]
+    keep = np.flatnonzero(in_span(times[: len(boxes)], start_s, end_s))
     out = [np.asarray(boxes[i], np.float64) for i in keep if boxes[i] is not None]
     out = [b for b in out if b.shape == (4,) and np.all(np.isfinite(b))]
     return np.stack(out) if out else np.zeros((0, 4))

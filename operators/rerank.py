@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, Param, Resources
+from curation.tracks import nearest
 from schemas.labels import STATES
 from schemas import SPANS
 
@@ -200,8 +201,8 @@ class Rerank(Operator):
                 for j in range(len(times)):
                     if j == i or not len(times[j]):
                         continue
-                    m = int(np.argmin(np.abs(times[j] - t)))
-                    if abs(times[j][m] - t) <= FRAME_S / 2 and states[j][m] == SPEAK:
+                    m = int(nearest(times[j], t, FRAME_S / 2)[0])
+                    if m >= 0 and states[j][m] == SPEAK:
                         rivals.append(probs[j][m, SPEAK])
                 if not rivals:
                     continue
