@@ -2,7 +2,7 @@
 
 The dataset's rows are the videos that must run some stage (``video_id``, the stages it needs, the
 stages that failed it). Each stage, in dependency order, is a ``map_batches`` over batches of those
-rows: a stateless stage a task (``concurrency``: the stage's ``workers``), a stage that loads a
+rows: a stateless stage a pool of tasks (``TaskPoolStrategy(size=workers)``), a stage that loads a
 model a pool of actors that autoscales between 1 and ``workers`` (operators set up once per actor,
 ``teardown()`` when the pool ends), asking Ray for the stage's CPUs, GPUs, memory and custom
 resources; fused frame steps stay one stage (one decode). Ray Data streams the rows through the
@@ -256,7 +256,7 @@ class RayDataEngine:
         self.settings = dict(settings or {})   # DataContext attributes to set
         self.actor_cpus = actor_cpus
         self.concurrency = (0.0, 0)
-        self.stats = ""            # Ray Data's execution stats of the last pipeline
+        self.stats = ""            # Ray Data's execution stats of the run's pipelines
 
     def run(self, stages: list[Stage], need: list[set[str]], video_ids: list[str]) -> None:
         self._start(stages, need, video_ids)
@@ -303,6 +303,10 @@ class RayDataEngine:
             self.concurrency = ray.get(self.tally.in_flight.remote(t0, time.time()), timeout=10)
         except Exception:  # noqa: BLE001 - a measurement only
             pass
+        for actor in (self.tally, self.commits):   # (what they did is in the store)
+            if actor is not None:
+                ray.kill(actor)
+        self.tally = self.commits = None
 
     def _committed(self, video_ids: list[str]) -> list[dict]:
         """The status rows this run committed for these videos."""
@@ -441,7 +445,7 @@ class RayDataEngine:
     def _stopped(self, stop: failures.RunStopped) -> failures.RunStopped:
         """``stop``, saying what was committed (the commit actor first stops taking results)."""
         import ray
-        if self.commits is not None:
+        if getattr(self, "commits", None) is not None:
             try:
                 ray.get(self.commits.close.remote(), timeout=60)
             except Exception:  # noqa: BLE001 - the count below says what is in the store
@@ -459,6 +463,8 @@ class RayDataEngine:
 
     def _poll_once(self) -> dict[int, list[int]]:
         import ray
+        if self.tally is None:
+            return {}
         try:
             counts = ray.get(self.tally.get.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - progress only

@@ -205,10 +205,8 @@ def _failed_videos(st, run_id: str) -> list[tuple[str, str]]:
                           columns=["video_id", "step", "error"]).to_pylist():
             out.setdefault(r["video_id"], f"{r['step']}: {r['error']}")
     need = [v for v in out if v not in names]
-    for i in range(0, len(need), 500):
-        where = "video_id IN (" + ", ".join(sql_quote(v) for v in need[i:i + 500]) + ")"
-        for r in st.query("videos", where=where, columns=["video_id", "uri"]).to_pylist():
-            names[r["video_id"]] = r["uri"]
+    for r in st.of_videos("videos", need, ["video_id", "uri"]).to_pylist():
+        names[r["video_id"]] = r["uri"]
     rows = [(os.path.basename(names.get(v) or v), what[:100]) for v, what in out.items()]
     return sorted(rows)
 
