@@ -4,16 +4,19 @@
 
     .venv/bin/python bench/engines.py [--n 1000] [--workers 1,2] [--cases tiny,clips]
                                       [--media ../shared/media] [--models ../shared/models]
-                                      [--raydata-commit worker,operator] [--out bench/results/NAME]
+                                      [--raydata 'group;worker'] [--order abba|ab]
+                                      [--out bench/results/NAME]
 
 Cases: ``tiny``, N generated 1 s 160x120 videos (bench/scale.py's) through demo.yaml's weight-free
 steps (seconds per video); ``clips``, the 12 shared clips through the whole demo workflow
 (needs --models). For each case and worker count the engines run in ABBA order (scheduler,
-Ray Data, Ray Data, scheduler; every Ray Data commit mode given), each in a fresh child process
+Ray Data, Ray Data, scheduler; every Ray Data variant given), or with ``--order ab`` once each,
+the order flipping from one worker count to the next; each run in a fresh child process
 with its own local Ray and a fresh store; reported: the wall time of ``Runner.run`` (Ray's start
 timed apart), worker calls in flight (time-averaged and peak), the driver's peak RSS, and the
-load average before and after. Speed is a ratio of the two engines measured side by side, never
-an absolute: the machine is shared.
+load average before and after; Ray Data's execution stats of each run go next to the results
+(``NAME-CASE-wWORKERS-ENGINE-I.stats.txt``). Speed is a ratio of the two engines measured side by
+side, never an absolute: the machine is shared.
 """
 from __future__ import annotations
 
@@ -72,7 +75,8 @@ def child(spec: dict) -> dict:
             "max_calls_in_flight": summary.max_calls_in_flight, "peak_rss_mb": sampler.peak_rss_mb,
             "peak_private_mb": sampler.peak_private_mb, "videos": summary.videos,
             "status_rows": st.count("status"), "failed": failed,
-            "steps": {s.step: [s.done, s.failed_videos] for s in summary.steps}}
+            "steps": {s.step: [s.done, s.failed_videos, round(s.seconds, 2)] for s in summary.steps},
+            "engine_stats": summary.engine_stats}
 
 
 def measure(spec: dict) -> dict:
@@ -95,11 +99,13 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--cases", default="tiny,clips")
-    ap.add_argument("--media", default=str(ROOT.parent / "shared" / "media"))
-    ap.add_argument("--models", default=str(ROOT.parent / "shared" / "models"))
+    ap.add_argument("--media", default=os.environ.get("CURATION_MEDIA", str(ROOT.parent / "shared" / "media")))
+    ap.add_argument("--models", default=os.environ.get("CURATION_MODELS",
+                                                       str(ROOT.parent / "shared" / "models")))
     ap.add_argument("--raydata", default="group", help="Ray Data variants, ';'-separated: "
                     "COMMIT[:key=json,...], e.g. 'group;worker;group:batch=32,ctx."
                     "op_resource_reservation_enabled=false'")
+    ap.add_argument("--order", default="abba", choices=["abba", "ab"])
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if a.child:
@@ -115,13 +121,18 @@ def main(argv=None) -> int:
     ray_data = [f"raydata:{c}" for c in a.raydata.split(";")]
     results = []
     for case in a.cases.split(","):
-        for workers in (int(w) for w in a.workers.split(",")):
-            order = ["scheduler", *ray_data, *reversed(ray_data), "scheduler"]   # ABBA
-            for engine in order:
+        for i, workers in enumerate(int(w) for w in a.workers.split(",")):
+            order = ["scheduler", *ray_data]
+            order = [*order, *reversed(order)] if a.order == "abba" else order[::-1 if i % 2 else 1]
+            for j, engine in enumerate(order):
                 before = _load()
                 r = measure({"case": case, "workers": workers, "engine": engine,
                              "inputs": inputs[case], "models": a.models if case == "clips" else None})
                 r.update(case=case, workers=workers, engine=engine, load_before=before, load_after=_load())
+                stats = r.pop("engine_stats", "")
+                if stats:
+                    name = engine.replace(":", "_").replace(",", "_").replace("=", "")
+                    Path(f"{out}-{case}-w{workers}-{name}-{j}.stats.txt").write_text(stats)
                 results.append(r)
                 print(json.dumps(r), flush=True)
                 out.with_suffix(".json").write_text(json.dumps(results, indent=1))

@@ -186,6 +186,11 @@ def _print_summary(wf, st, store: str, summary, workers: int) -> None:
     if summary.max_calls_in_flight:
         out.print(f"worker calls in flight: {summary.calls_in_flight:.1f} on average, "
                   f"{summary.max_calls_in_flight} at most (--workers {workers})")
+    if summary.engine_stats and st.is_local:   # the Ray Data engine: its operators' stats
+        path = Path(st.uri.removeprefix("file://")) / "_logs" / f"{summary.run_id}-ray-data-stats.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(summary.engine_stats)
+        out.print(f"Ray Data stats: {path}", markup=False, soft_wrap=True)
     out.print(f"store: {store}   (curation stats --store {store})", markup=False)
 
 
