@@ -176,13 +176,42 @@ def _float(x) -> float | None:
     return v if math.isfinite(v) else None
 
 
+# ---- timeline --------------------------------------------------------------------------------------
+# One presentation timeline for every stream of a file: the container's, as a player and ``ffmpeg -ss``
+# see it. A time t (seconds) is a stream's pts (edit lists applied by the demuxer, encoder delay /
+# priming samples dropped by the decoder) minus the container's start time (the earliest stream
+# start, libavformat's ``AVFormatContext.start_time``). Frames (decord, PyAV, the ffmpeg pipe) and
+# audio samples (PyAV, the ffmpeg pipe) are placed on it, so an audio stream that starts 0.5 s after
+# the video is heard 0.5 s after the first frame, not with it (ffmpeg -itsoffset, edit lists).
+def stream_origins(path: str) -> tuple[float, float | None]:
+    """(container start, video stream start - container start) in seconds: where the file's timeline
+    begins, and where its first video frame sits on it (None without a video stream; 0 when the
+    file cannot be opened with PyAV: decord and ffmpeg then decide alone)."""
+    import av
+    try:
+        with av.open(path) as c:
+            origin = c.start_time / 1e6 if c.start_time is not None else 0.0
+            if not c.streams.video:
+                return origin, None
+            v = c.streams.video[0]
+            if v.start_time is None or not v.time_base:
+                return origin, 0.0
+            return origin, max(0.0, float(v.start_time * v.time_base) - origin)
+    except Exception:  # noqa: BLE001 - not readable by PyAV: no offset known
+        return 0.0, 0.0
+
+
 # ---- audio -----------------------------------------------------------------------------------------
 def load_audio(path: str, sample_rate: int = 16000, start_s: float = 0.0,
                duration_s: float | None = None) -> np.ndarray:
-    """Mono float32 PCM in [-1, 1] at ``sample_rate``: the first audio stream, resampled and
-    down-mixed by libswresample, in-process through PyAV (an ffmpeg process per call cost about
-    0.12 s of start-up, more than the whole decode of a short clip; the two agree to 1 LSB on the
-    shared clips). Streams PyAV cannot read go through an ffmpeg pipe."""
+    """Mono float32 PCM in [-1, 1] at ``sample_rate`` of the first audio stream, placed on the file's
+    presentation timeline (see :func:`stream_origins`): sample k is at ``start_s + k / sample_rate``
+    seconds, the time frames of :class:`VideoDecoder` use. Where the stream has no samples yet (it
+    starts after ``start_s``: a delayed or late audio stream) the result holds zeros (silence); it
+    ends where the stream ends (shorter than ``duration_s`` then). Resampled and down-mixed by
+    libswresample, in-process through PyAV (an ffmpeg process per call cost about 0.12 s of start-up,
+    more than the whole decode of a short clip; the two agree to 1 LSB on the shared clips). Streams
+    PyAV cannot read go through an ffmpeg pipe, which places them the same way."""
     try:
         return _load_audio_av(path, sample_rate, start_s, duration_s)
     except MediaError:
@@ -192,39 +221,41 @@ def load_audio(path: str, sample_rate: int = 16000, start_s: float = 0.0,
 
 
 def _load_audio_av(path: str, sample_rate: int, start_s: float, duration_s: float | None) -> np.ndarray:
-    """Samples from ``start_s`` on the stream's own timeline (its first sample at 0 s): the same
-    samples as decoding the whole stream and slicing it. A late start seeks to a packet a second
-    before it, and the resampled frames' timestamps place the samples."""
+    """Samples from ``start_s`` on the presentation timeline, placed by the pts of the first decoded
+    frame (after the decoder dropped any priming samples) and contiguous from there. A late start
+    seeks to a packet a second before it."""
     import av
     with av.open(path) as container:
         if not container.streams.audio:
             raise MediaError("audio extraction failed: the file has no audio stream")
         stream = container.streams.audio[0]
         tb = float(stream.time_base or 0)
-        t0 = stream.start_time or 0
+        origin = container.start_time / 1e6 if container.start_time is not None else 0.0
         resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-        seeked = start_s > 2.0 and tb > 0
-        if seeked:
-            container.seek(t0 + int((start_s - 1.0) / tb), stream=stream, backward=True)
+        if start_s > 2.0 and tb > 0:
+            container.seek(int((start_s + origin - 1.0) / tb), stream=stream, backward=True)
         want = None if duration_s is None else max(0, int(round(duration_s * sample_rate)))
         first, chunks, have = None, [], 0
         for frame in container.decode(stream):
-            if seeked and first is None:
-                if frame.pts is None:   # cannot place the samples: decode from the start
-                    return _load_audio_av(path, sample_rate, 0.0, None)[
-                        int(round(start_s * sample_rate)):][:want]
-                first = (frame.pts - t0) * tb
+            if first is None:
+                if frame.pts is None or not tb:   # cannot place the samples: the stream's start
+                    first = (float(stream.start_time * tb) - origin) if stream.start_time is not None and tb else 0.0
+                else:
+                    first = float(frame.pts * tb) - origin
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
                 have += out.samples
-            if want is not None and have >= want + (start_s - (first or 0.0) + 1.0) * sample_rate:
+            if want is not None and have >= want + (start_s - first + 1.0) * sample_rate:
                 break
         else:
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
     skip = int(round((start_s - (first or 0.0)) * sample_rate))
-    pcm = pcm[max(0, skip):]
+    if skip < 0:   # the stream starts after start_s: silence until its first sample
+        pcm = np.concatenate([np.zeros(-skip, np.int16), pcm])
+    else:
+        pcm = pcm[skip:]
     return (pcm if want is None else pcm[:want]).astype(np.float32) / 32768.0
 
 
@@ -232,12 +263,12 @@ def _load_audio_ffmpeg(path: str, sample_rate: int, start_s: float,
                        duration_s: float | None) -> np.ndarray:
     cmd = ["ffmpeg", "-nostdin", "-v", "error"]
     if start_s:
-        cmd += ["-ss", f"{start_s:.3f}"]
+        cmd += ["-ss", f"{start_s:.6f}"]
     cmd += ["-i", path]
     if duration_s is not None:
-        cmd += ["-t", f"{duration_s:.3f}"]
-    cmd += ["-map", "0:a:0", "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-acodec",
-            "pcm_s16le", "-"]
+        cmd += ["-t", f"{duration_s:.6f}"]
+    cmd += ["-map", "0:a:0", *PLACED_AUDIO, "-ac", "1", "-ar", str(sample_rate), "-f", "s16le",
+            "-acodec", "pcm_s16le", "-"]
     r = subprocess.run(cmd, capture_output=True)
     if r.returncode != 0:
         msg = r.stderr.decode(errors="replace").strip().splitlines()
@@ -245,10 +276,17 @@ def _load_audio_ffmpeg(path: str, sample_rate: int, start_s: float,
     return np.frombuffer(r.stdout, np.int16).astype(np.float32) / 32768.0
 
 
+# ffmpeg arguments that keep an audio stream's place on the timeline in a raw (timestamp-less) output:
+# silence from the output's start (the -ss position, or the container start) to the stream's first
+# sample. Without them a raw PCM output starts with the stream's first sample, whenever that is.
+PLACED_AUDIO = ("-af", "aresample=async=1:first_pts=0")
+
+
 def extract_wav(path: str, out_path: str, sample_rate: int = 16000) -> str:
-    """Write the first audio stream as a 16-bit mono WAV at ``sample_rate``."""
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", path, "-map", "0:a:0", "-ac", "1", "-ar",
-           str(sample_rate), "-acodec", "pcm_s16le", out_path]
+    """Write the first audio stream as a 16-bit mono WAV at ``sample_rate``, on the file's
+    presentation timeline (its first sample at the container start, as :func:`load_audio`)."""
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", path, "-map", "0:a:0", *PLACED_AUDIO, "-ac", "1",
+           "-ar", str(sample_rate), "-acodec", "pcm_s16le", out_path]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise MediaError(f"audio extraction failed: {r.stderr.strip().splitlines()[-1:]}")
@@ -442,7 +480,10 @@ class VideoDecoder:
         if n == 0:
             raise MediaError("no decodable frames")
         ts = self.reader.get_frame_timestamp(np.arange(n))
-        self.times = ts[:, 0].astype(np.float64)
+        # decord counts from the video stream's first frame; the file's timeline (stream_origins)
+        # may start earlier (an audio stream that starts first, an edit list, encoder delay)
+        self.offset_s = stream_origins(path)[1] or 0.0
+        self.times = ts[:, 0].astype(np.float64) + self.offset_s
         self.fps = float(self.reader.get_avg_fps()) or (n / max(self.times[-1], 1e-6))
 
     def _fit(self, max_side: int | None) -> tuple[int, int]:
@@ -612,12 +653,12 @@ class VideoDecoder:
                 t0 = stream.start_time
                 if t0 is None or not tb:
                     raise _NotMatched
-                if times[0] > 0:   # to the keyframe at or before the span's first frame
-                    container.seek(int(t0 + times[0] / tb), stream=stream, backward=True)
+                if times[0] > self.offset_s:   # to the keyframe at or before the span's first frame
+                    container.seek(int(t0 + (times[0] - self.offset_s) / tb), stream=stream, backward=True)
                 for frame in container.decode(stream):
                     if frame.pts is None:
                         raise _NotMatched
-                    t = (frame.pts - t0) * tb
+                    t = (frame.pts - t0) * tb + self.offset_s   # decord's time of this frame
                     if t > times[-1] + tol:
                         break
                     pos = int(np.searchsorted(times, t - tol))

@@ -28,6 +28,7 @@ def compute(uri: str) -> dict:
     if run:
         out["run_id"], out["workflow"] = run["run_id"], run["workflow"]
         out["funnel"] = funnel(store, run["workflow_yaml"])
+        out["warnings"] = funnel_warnings(store, out["funnel"])
     return out
 
 
@@ -63,6 +64,51 @@ def funnel(store: Store, workflow_yaml: str) -> list[dict]:
         rows.append({"stage": name, "where": where, "removed": prev - n, "remaining": n})
         prev = n
     return rows
+
+
+def filter_columns(where: str) -> list[str]:
+    """The column names a filter reads, in order of appearance."""
+    import sqlglot
+    from sqlglot import exp
+    try:
+        tree = sqlglot.parse_one(where, into=exp.Condition)
+    except Exception:  # noqa: BLE001 - the funnel already notes filters that do not parse
+        return []
+    return list(dict.fromkeys(c.name for c in tree.find_all(exp.Column)))
+
+
+def funnel_warnings(store: Store, rows: list[dict]) -> list[str]:
+    """One line per workflow filter that removes every clip it is given: the clips left before it
+    all fail it (or, on its own, it passes none of the clips without an error). Says which columns
+    it reads are NULL on the clips it judged (a step that did not run, or a backend that left a
+    value out), since NULL fails any comparison."""
+    out = []
+    base = "error IS NULL"
+    judged = store.count("clips", base) if rows else 0
+    clauses = [base]
+    for row in rows[1:]:
+        where = row.get("where")
+        if not where or row["remaining"] is None:
+            continue
+        before = store.count("clips", " AND ".join(clauses))
+        alone = store.count("clips", f"({base}) AND ({where})") if judged else 0
+        clauses.append(f"({where})")
+        if row["stage"] == "annotation errors" or not judged:
+            continue
+        if before and row["remaining"] == 0 or alone == 0:
+            nulls = []
+            for col in filter_columns(where):
+                try:
+                    k = store.count("clips", f"({' AND '.join(clauses[:-1])}) AND {col} IS NULL")
+                except StoreError:
+                    continue
+                if k:
+                    nulls.append(f"{col} is NULL on {k} of {before}")
+            why = f" ({'; '.join(nulls)})" if nulls else ""
+            scope = f"all {before} clips left before it" if before and row["remaining"] == 0 else \
+                f"every one of the {judged} clips without an error, on its own"
+            out.append(f"filter {row['stage']!r} removes {scope}: {where}{why}")
+    return out
 
 
 def find_row(uri: str, ident: str) -> tuple[str, dict, dict]:

@@ -11,7 +11,16 @@ Columns (lists aligned with ``frame_times``, seconds from the start of the video
   of the original inference (ASD.md §1.5); the original demo calls >= 0 speaking.
 - ``asd_prob``: the network's own posterior (softmax of the same head, same averaging), not re-fitted
   here: probability that the face's lips move in sync with the audio (speaking).
+- ``asd_sync_gain``: how much that logit depends on the timing of this voice: the logit with the
+  true audio minus the mean logit with the same audio moved by 6, 10 and 14 frames either way
+  (operators.nets.asd.ActiveSpeakerNet.sync_gain). Near 0 for a face that talks but not with this
+  voice (mouthing, dubbed, another person's words), positive for the face the voice comes from.
 - ``asd_backend``: network and weight file.
+Weights: the AVA-pretrained checkpoint by default. The TalkSet fine-tuned ones score a talking face
+as speaking with silence or white noise as its audio (mean logit +2 to +4, as with its own voice; the
+original code gives the same logits): they tell a talking face, not whose voice is heard, and their
+sync gain is about 0 everywhere. The audio is the separated voice (``vocals_uri``) when separation
+ran: music under speech moved the AVA logits by several units on dj_video4.
 Videos without audio get the error "no audio stream" on their person clips.
 """
 from __future__ import annotations
@@ -36,11 +45,15 @@ def fill_gaps(boxes: np.ndarray) -> np.ndarray:
     return boxes[idx[nearest(idx, np.arange(len(boxes)), np.inf)]]
 
 
-def face_span(video: dict, row: dict, frames, max_gap_s: float, what: str):
+def face_span(video: dict, row: dict, frames, max_gap_s: float, what: str, margin: int = 0,
+              voice: bool = False):
     """The part of a person clip's frames from the first to the last frame with a face of its
     track: (has_face over all frames, slice of that part, its boxes in image pixels with short
     gaps filled, its 16 kHz int16 audio from its first frame, one frame longer); the slice is None
-    when no frame has a face. Shared by ``asd`` and ``sync``; ``what`` names the step in errors."""
+    when no frame has a face. With ``margin`` (frames), the audio starts that many frames earlier
+    and ends that many later (silence outside the file's audio); with ``voice``, it is the separated
+    vocals (``videos.vocals_uri``) when separation ran. Shared by ``asd`` and ``sync``; ``what``
+    names the step in errors."""
     if not video.get("has_audio"):
         raise OperatorError(f"no audio stream: {what} need the soundtrack")
     track = track_of(video, row)
@@ -52,35 +65,45 @@ def face_span(video: dict, row: dict, frames, max_gap_s: float, what: str):
         return has_face, None, None, None
     lo, hi = np.where(has_face)[0][[0, -1]]
     seg = slice(lo, hi + 1)
-    with local_path(video["uri"]) as path:
+    start = float(frames.times[lo]) - margin / FPS
+    # the separated voice when separation ran (music and noise mislead the networks), else the mix
+    uri = video.get("vocals_uri") if voice else None
+    with local_path(uri or video["uri"]) as path:
         try:
-            audio = load_audio(path, 16000, start_s=float(frames.times[lo]),
-                               duration_s=(hi - lo + 2) / FPS)
+            audio = load_audio(path, 16000, start_s=max(0.0, start),
+                               duration_s=(hi - lo + 2 + 2 * margin) / FPS + min(0.0, start))
         except MediaError as e:
             raise OperatorError(str(e)) from None
+    if start < 0:            # before the file's start: silence
+        audio = np.concatenate([np.zeros(int(round(-start * 16000)), np.float32), audio])
+    want = int(round((hi - lo + 2 + 2 * margin) / FPS * 16000))
+    if len(audio) < want:   # the audio stream ends before the span does: silence (load_audio's rule)
+        audio = np.pad(audio, (0, want - len(audio)))
     pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
     return has_face, seg, fill_gaps(boxes[seg]) * frames.scale, pcm
 
 
 class Asd(Operator):
     name = "asd"
-    summary = ("person clips: LR-ASD / Light-ASD active-speaker logits and probabilities per frame "
-               "(25 fps face crops, MFCC audio)")
-    version = "1"
+    summary = ("person clips: LR-ASD / Light-ASD active-speaker logits, probabilities and sync gain "
+               "per frame (25 fps face crops, MFCC of the voice)")
+    version = "2"   # 2: AVA weights by default, asd_sync_gain; audio on the file's timeline
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"
     reads = ("clips.start_s", "clips.end_s", "clips.track_id", "tracks.track_id",
-             "tracks.frame_times_s", "tracks.face_boxes", "videos.has_audio")
+             "tracks.frame_times_s", "tracks.face_boxes", "videos.has_audio", "videos.vocals_uri")
     writes = pa.schema([
         pa.field("frame_times", pa.list_(pa.float64())),
         pa.field("asd_logits", pa.list_(pa.float32())),
         pa.field("asd_prob", pa.list_(pa.float32())),
+        pa.field("asd_sync_gain", pa.list_(pa.float32())),
         pa.field("asd_backend", pa.string()),
     ])
     params = {
         "network": Param("lr", choices=("lr", "light"), help="LR-ASD (IJCV 2025) or Light-ASD"),
-        "checkpoint": Param("talkset", choices=("talkset", "ava"),
-                            help="finetuned on TalkSet (in-the-wild) or pretrained on AVA"),
+        "checkpoint": Param("ava", choices=("talkset", "ava"),
+                            help="pretrained on AVA (its score depends on the voice) or finetuned on "
+                                 "TalkSet (a talking face scores high with any sound, even silence)"),
         "max_gap_s": Param(0.2, help="longest stretch without a face box that borrows the nearest one"),
     }
     resources = Resources(num_cpus=1)
@@ -98,18 +121,26 @@ class Asd(Operator):
         self.net = asd_net.ActiveSpeakerNet(self.model_dir, self.p["network"], self.p["checkpoint"])
 
     def process_row(self, video: dict, row: dict, frames) -> dict:
+        from operators.nets.asd import SAMPLES_PER_FRAME, SYNC_SHIFTS, asd_crops
+        margin = max(SYNC_SHIFTS)
         has_face, seg, boxes, pcm = face_span(video, row, frames, float(self.p["max_gap_s"]),
-                                              "active-speaker scores")
+                                              "active-speaker scores", margin=margin, voice=True)
         times = frames.times
         n = len(times)
-        logits = np.full(n, np.nan, np.float32)
-        prob = np.full(n, np.nan, np.float32)
+        logits, prob, gain = (np.full(n, np.nan, np.float32) for _ in range(3))
         if seg is not None:
-            from operators.nets.asd import asd_crops
-            scores = self.net.score(asd_crops(frames.images[seg], boxes), pcm)
+            own = pcm[margin * SAMPLES_PER_FRAME:][: (seg.stop - seg.start + 1) * SAMPLES_PER_FRAME]
+            scores = self.net.score(asd_crops(frames.images[seg], boxes), own)
             logits[seg], prob[seg] = scores.logits, scores.prob
-            logits[~has_face], prob[~has_face] = np.nan, np.nan
+            t = scores.n_scored
+            g = np.full(seg.stop - seg.start, np.nan, np.float32)
+            g[:t] = self.net.sync_gain(scores.visual_emb[:t], pcm, margin)
+            gain[seg] = g
+            logits[~has_face], prob[~has_face], gain[~has_face] = np.nan, np.nan, np.nan
         return {"frame_times": [round(float(t), 4) for t in times],
-                "asd_logits": [None if not np.isfinite(x) else float(x) for x in logits],
-                "asd_prob": [None if not np.isfinite(x) else float(x) for x in prob],
+                "asd_logits": _floats(logits), "asd_prob": _floats(prob), "asd_sync_gain": _floats(gain),
                 "asd_backend": self.net.name}
+
+
+def _floats(x: np.ndarray) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in x]

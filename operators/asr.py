@@ -22,7 +22,7 @@ from schemas.labels import SENTENCE, WORD  # noqa: F401 - WORD: the type of SENT
 class Asr(Operator):
     name = "asr"
     summary = "Whisper (openai-whisper) with word times, sentence units split on punctuation"
-    version = "1"
+    version = "2"   # 2: audio on the file's presentation timeline
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.vocals_uri", "videos.separation_ran")
     writes = pa.schema([

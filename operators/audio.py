@@ -20,7 +20,7 @@ class Audio(Operator):
     name = "audio"
     summary = ("16 kHz mono audio (PyAV, in-process), voice activity (silero-vad, model in its "
                "wheel)")
-    version = "2"   # 2: the ONNX VAD (same spans, backend label says onnx)
+    version = "3"   # 3: audio on the file's presentation timeline (2: the ONNX VAD)
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.duration_s")
     writes = pa.schema([

@@ -33,6 +33,8 @@ FADE = int(0.01 * SR)
 def gain_curve(keep: np.ndarray, n_samples: int, start_s: float, times: np.ndarray) -> np.ndarray:
     """Sample gains (0/1 with 10 ms fades) from a per-frame keep mask at ``times``."""
     g = np.ones(n_samples, np.float32)
+    if n_samples == 0:
+        return g
     for k, t in enumerate(times):
         if not keep[k]:
             a = int(round((t - FRAME_S / 2 - start_s) * SR))
@@ -44,10 +46,18 @@ def gain_curve(keep: np.ndarray, n_samples: int, start_s: float, times: np.ndarr
     return g
 
 
+def clip_audio(audio: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
+    """The samples of [start_s, end_s) of a whole-file track (curation.media.load_audio), silence
+    where the audio stream does not reach (it ends before the clip, or the clip lies past it)."""
+    a, b = int(round(start_s * SR)), int(round(end_s * SR))
+    seg = audio[max(0, a): max(0, b)]
+    return seg if len(seg) == b - a else np.pad(seg, (0, max(0, b - a - len(seg))))
+
+
 class AudioVariants(Operator):
     name = "audio_variants"
     summary = "person clips: speaker-only and listener-only WAVs, per-frame speak/listen audio mask"
-    version = "1"
+    version = "2"   # 2: silence where the audio stream does not reach; the file's timeline
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"
     reads = ("clips.start_s", "clips.end_s", "clips.frame_times", "clips.frame_states",
@@ -94,7 +104,7 @@ class AudioVariants(Operator):
             st = np.asarray(states)
             mask = np.where(st == "speak", 1, np.where(st == "listen", 2, 0)).astype(np.int8)
             start, end = float(r["start_s"]), float(r["end_s"])
-            seg = audio[int(round(start * SR)): int(round(end * SR))]
+            seg = clip_audio(audio, start, end)
             speaker = seg * gain_curve(mask != 2, len(seg), start, times)
             listener = seg * gain_curve(mask != 1, len(seg), start, times)
             base = f"{self.artifact_dir(video['video_id'])}/{r['clip_id'].replace(':', '_')}"

@@ -91,7 +91,7 @@ class People(Operator):
     summary = ("person boxes (YOLOX-nano ONNX / ultralytics YOLO), ByteTrack, MediaPipe faces "
                "(mouth, jawOpen, head pose, visibility) and hands at 25 fps, static flag, "
                "composition")
-    version = "3"   # 3: track ids VIDEO:SHOT:tK (apart from clip ids VIDEO:SHOT:CLIP)
+    version = "4"   # 4: frame times on the file's presentation timeline (3: track ids VIDEO:SHOT:tK)
     input_table = "shots"
     output_table = "tracks"
     reads = ("shots.start_s", "shots.end_s", "shots.shot_index", "videos.width", "videos.height")

@@ -5,10 +5,15 @@ per-frame probabilities of ``speaker_states``:
 
 1. Temporal smoothing: each state probability is averaged over a centred window of ``smooth_s``.
 2. Cross-track comparison, frame by frame, among the person clips of the same scene clip (same shot
-   and clip span): where two or more tracks are most likely speaking, the one with the highest
-   speak probability keeps it unless the runner-up is within ``overlap_margin`` and above
-   ``overlap_min`` too: then the frame is overlapping speech and every speaking track is discarded
-   there (reason ``overlap``); outside overlaps a demoted track takes its best other state.
+   and clip span): where two or more tracks are most likely speaking, the one whose lips follow the
+   voice best keeps it: the highest sync gain (``asd_sync_gain`` averaged over ``evidence_window_s``:
+   how much its active-speaker score drops when the audio is moved by a quarter to half a second),
+   unless the runner-up's gain is within ``overlap_gain_margin`` and both are at least
+   ``overlap_gain``: then the frame is overlapping speech and every speaking track is discarded there
+   (reason ``overlap``). Rows without a sync gain compare speak probabilities instead (within
+   ``overlap_margin`` and above ``overlap_min``: overlap). A demoted track takes its best other state.
+   Two faces that both talk while one voice is heard (one mouths, or is dubbed) are told apart by
+   this, not by how much they look like talking.
 3. Persistence: runs shorter than ``min_run_s`` take the state of the longer neighbouring run
    (transient spikes), and listen/idle gaps shorter than ``pause_fill_s`` between two speak runs of
    the same track become speak (a speaker's brief pause is not listening).
@@ -95,12 +100,12 @@ class Rerank(Operator):
     name = "rerank"
     summary = ("person clips: smoothing, persistence, one speaker at a time, overlaps excluded, "
                "roles")
-    version = "1"
+    version = "2"   # 2: speakers compared by sync gain
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"
     reads = ("clips.frame_times", "clips.frame_state_probs", "clips.frame_states_raw",
              "clips.speech_present", "clips.lip_motion", "clips.shot_index", "clips.clip_index",
-             "clips.track_id")
+             "clips.track_id", "clips.asd_sync_gain")
     writes = pa.schema([
         pa.field("frame_states", pa.list_(pa.string())),
         pa.field("frame_discard_reasons", pa.list_(pa.string())),
@@ -121,6 +126,9 @@ class Rerank(Operator):
         "pause_fill_s": Param(0.4, help="shorter listen/idle gaps between speak runs become speak"),
         "overlap_min": Param(0.5, help="speak probability of the runner-up that makes an overlap"),
         "overlap_margin": Param(0.15, help="speak-probability gap under which two speakers overlap"),
+        "overlap_gain": Param(1.0, help="sync gain both speakers need for overlapping speech"),
+        "overlap_gain_margin": Param(0.3, help="sync-gain gap under which two speakers overlap"),
+        "evidence_window_s": Param(2.0, help="the sync gain is averaged over this window"),
         "role_min": Param(0.2, help="least speak (listen) share for the speaker (listener) role"),
     }
     resources = Resources(num_cpus=0.25)
@@ -147,7 +155,7 @@ class Rerank(Operator):
         raw = [r.get("frame_states_raw") or [] for r in rows]
         overlap = [np.zeros(len(t), bool) for t in times]
         if len(rows) > 1:   # compare tracks frame by frame on a shared time grid
-            self._cross(times, probs, states, overlap)
+            self._cross(times, probs, states, overlap, [self._gain(r, t) for r, t in zip(rows, times)])
         reasons_all = []
         results = []
         mr = max(1, int(round(float(self.p["min_run_s"]) / FRAME_S)))
@@ -188,22 +196,39 @@ class Rerank(Operator):
                 "role": role, "overlap_spans": spans_of(ov, t)})
         return results
 
-    def _cross(self, times, probs, states, overlap) -> None:
+    def _gain(self, row: dict, times: np.ndarray) -> np.ndarray | None:
+        """The row's sync gain averaged over the evidence window, None when it has none."""
+        from operators.speaker_states import window_mean
+        g = row.get("asd_sync_gain")
+        if not g or all(x is None for x in g) or len(g) != len(times):
+            return None
+        w = max(1, int(round(float(self.p["evidence_window_s"]) / FRAME_S)))
+        return np.nan_to_num(window_mean(np.array([np.nan if x is None else x for x in g]), w), nan=-1e9)
+
+    def _cross(self, times, probs, states, overlap, gains) -> None:
         """At each frame of each track, compare with the other tracks' nearest frames (within
-        half a frame): one speaker at a time outside overlapping speech."""
-        o_min, o_margin = float(self.p["overlap_min"]), float(self.p["overlap_margin"])
+        half a frame): one speaker at a time outside overlapping speech. By sync gain when every
+        track has one, else by speak probability."""
+        by_gain = all(g is not None for g in gains)
+        if by_gain:
+            o_min, o_margin = float(self.p["overlap_gain"]), float(self.p["overlap_gain_margin"])
+            score = [g[:, None] for g in gains]   # one column: index 0 below
+            col = 0
+        else:
+            o_min, o_margin = float(self.p["overlap_min"]), float(self.p["overlap_margin"])
+            score, col = probs, SPEAK
         for i in range(len(times)):
             for k, t in enumerate(times[i]):
                 if states[i][k] != SPEAK:
                     continue
-                mine = probs[i][k, SPEAK]
+                mine = score[i][k, col]
                 rivals = []
                 for j in range(len(times)):
                     if j == i or not len(times[j]):
                         continue
                     m = int(nearest(times[j], t, FRAME_S / 2)[0])
                     if m >= 0 and states[j][m] == SPEAK:
-                        rivals.append(probs[j][m, SPEAK])
+                        rivals.append(score[j][m, col])
                 if not rivals:
                     continue
                 best = max(rivals)

@@ -61,7 +61,7 @@ class Separation(Operator):
     name = "separation"
     summary = ("Spleeter 2-stem (or Demucs) vocals where music/noise is measured, voice activity on "
                "them")
-    version = "2"
+    version = "3"   # 3: vocals on the file's presentation timeline
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.speech_segments", "videos.vad_backend")
     writes = pa.schema([

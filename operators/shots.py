@@ -6,16 +6,17 @@ Emits one ``shots`` row per shot; a video without cuts is one shot. Detector par
 workflow, so the same store can be re-cut with other thresholds. ``detector`` records what produced
 the row: ``pyscenedetect-content``, ``pyscenedetect-adaptive`` or ``transnetv2:<weights>/<runtime>``.
 
-Times: PySceneDetect's shots are frame numbers over the stream's average rate (``frame / fps``);
-TransNetV2's are the timestamps of their first frames as the frame decoder reports them (seconds from
-the first frame, right for variable frame rates too).
+Times are on the file's presentation timeline (``curation.media.stream_origins``: a video stream that
+starts after the audio starts later than 0). PySceneDetect's shots are frame numbers over the
+stream's average rate (the first frame's time + ``frame / fps``); TransNetV2's are the timestamps of
+their first frames as the frame decoder reports them (right for variable frame rates too).
 """
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
-from curation.media import VideoDecoder, local_path
+from curation.media import VideoDecoder, local_path, stream_origins
 from curation.operator import Operator, OperatorError, Param, Resources
 from schemas import SHOTS
 
@@ -26,7 +27,7 @@ _COLUMNS = ("video_id", "shot_index", "start_s", "end_s", "start_frame", "end_fr
 class Shots(Operator):
     name = "shots"
     summary = "PySceneDetect content or adaptive detector, or TransNetV2 (weights from its wheel)"
-    version = "1"
+    version = "2"   # 2: times on the file's presentation timeline
     input_table = "videos"
     output_table = "shots"
     reads = ("videos.fps", "videos.duration_s")
@@ -78,6 +79,7 @@ class Shots(Operator):
             manager.detect_scenes(stream, show_progress=False)
             scenes = manager.get_scene_list(start_in_scene=True)
             end_frame = stream.frame_number
+            v0 = stream_origins(path)[1] or 0.0   # the first frame's time on the file's timeline
         if not scenes:  # no frame read at all
             if end_frame <= 0:
                 raise OperatorError("shots: no frames could be read")
@@ -87,7 +89,7 @@ class Shots(Operator):
         for i, (a, b) in enumerate(scenes):
             fa = a if isinstance(a, int) else a.frame_num
             fb = b if isinstance(b, int) else b.frame_num
-            start, end = fa / fps, fb / fps
+            start, end = v0 + fa / fps, v0 + fb / fps
             out.append({"video_id": video["video_id"], "shot_index": i, "start_s": start, "end_s": end,
                         "start_frame": fa, "end_frame": fb, "duration_s": end - start, "detector": label})
         return out

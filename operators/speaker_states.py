@@ -12,8 +12,19 @@ present and lip motion synchronous with that speech:
 Signals per frame (25 fps, the clip's ``frame_times`` from ``asd``):
 - ``speech_present`` s: share of the frame's 40 ms covered by voice activity (``voice_segments``,
   silero-vad on the separated vocals when separation ran, else on the mix).
-- ``lip_sync`` q: the active-speaker network's probability that the lips move with the audio
-  (``asd_prob``; a frame it did not score borrows its nearest scored neighbour within 0.12 s).
+- ``lip_sync`` q: how sure it is that these lips make this sound, from the active-speaker network
+  (``asd`` step): q = sigmoid(mean logit + ``sync_weight`` x mean sync gain + ``logit_offset``) x
+  ownership, the means
+  over a centred ``evidence_window_s`` (1 s) of the frames it scored. The logit (AVA weights) says
+  "a face speaking with this audio"; the sync gain (``asd_sync_gain``: the logit with the true audio
+  minus the logit with the same audio moved by 6-14 frames) says the lips follow *this* voice's
+  timing, which a face mouthing someone else's words, or a talking face under a voice-over, does
+  not. Ownership = sigmoid(10 (G - ``min_sync_gain``)) with G the mean sync gain over the speech
+  frames of a centred ``owner_window_s`` (6 s): a face whose score does not depend on the voice's
+  timing over seconds of speech is not where the voice comes from, however much it looks like
+  talking (docs/av-labels.md has the composites this was measured on). Rows scored without a sync
+  gain (older runs, TalkSet weights) use the network's own probability (``asd_prob``).
+  A frame it did not score borrows its nearest scored neighbour within 0.12 s.
 - ``lip_motion`` m: how much the mouth moves: the standard deviation of the track's mouth opening
   (inner-lip gap over face size, from ``people``) over a centred 0.4 s window, mapped linearly from
   ``motion_still`` (0: still) to ``motion_moving`` (1: moving) and clipped.
@@ -30,8 +41,9 @@ import pyarrow as pa
 
 from curation.operator import Operator, OperatorError, Param, Resources
 from curation.tracks import FRAME_TIMES, track_of, values_at
-
 from schemas.labels import STATE_PROBS, STATES
+
+OWNER_STEEPNESS = 10.0   # the ownership gate goes from 0.27 to 0.73 over +-0.1 logit around min_sync_gain
 FRAME_S = 0.04
 
 
@@ -43,6 +55,36 @@ def speech_share(times: np.ndarray, segments: list[dict] | None, frame_s: float 
         lo, hi = seg["start_s"], seg["end_s"]
         out += np.clip(np.minimum(b, hi) - np.maximum(a, lo), 0, None)
     return np.clip(out / frame_s, 0.0, 1.0)
+
+
+def window_mean(x: np.ndarray, window: int) -> np.ndarray:
+    """Mean over a centred window of ``window`` frames, ignoring NaN (NaN where all are NaN)."""
+    x = np.asarray(x, np.float64)
+    ok = np.isfinite(x)
+    h = max(1, window) // 2
+    cs = np.concatenate([[0.0], np.cumsum(np.where(ok, x, 0.0))])
+    cn = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(len(x))
+    lo, hi = np.clip(i - h, 0, len(x)), np.clip(i + (max(1, window) - h), 0, len(x))
+    num, den = cs[hi] - cs[lo], cn[hi] - cn[lo]
+    return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+def lip_sync(times: np.ndarray, row: dict, speech: np.ndarray, window: int, sync_weight: float,
+             owner_window: int, min_gain: float, offset: float = 0.0) -> np.ndarray:
+    """q per frame (see the module docstring): from ``asd_logits`` and ``asd_sync_gain`` when the
+    row has them, else ``asd_prob``; NaN where the network scored no frame near it. ``speech``: the
+    frames with speech (the ownership test averages the gain over those only)."""
+    gain = row.get("asd_sync_gain")
+    if not gain or all(g is None for g in gain):
+        return values_at(times, times, row.get("asd_prob"), 0.12)
+    logit = values_at(times, times, row.get("asd_logits"), 0.12)
+    g = values_at(times, times, gain, 0.12)
+    scored = np.isfinite(logit)
+    z = window_mean(logit, window) + sync_weight * np.nan_to_num(window_mean(g, window)) + offset
+    owner = window_mean(np.where(speech, g, np.nan), owner_window)   # NaN: no speech near
+    gate = 1.0 / (1.0 + np.exp(-OWNER_STEEPNESS * (np.nan_to_num(owner, nan=np.inf) - min_gain)))
+    return np.where(scored, gate / (1.0 + np.exp(-z)), np.nan)
 
 
 def local_std(x: np.ndarray, window: int) -> np.ndarray:
@@ -71,10 +113,11 @@ class SpeakerStates(Operator):
     name = "speaker_states"
     summary = ("person clips: speak / listen / idle / discard probabilities per frame (LPM §2.2 "
                "rules)")
-    version = "1"
+    version = "2"   # 2: q from the AVA logit and the sync gain over 1 s
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"
-    reads = ("clips.frame_times", "clips.asd_prob", "clips.track_id", "tracks.track_id",
+    reads = ("clips.frame_times", "clips.asd_prob", "clips.asd_logits", "clips.asd_sync_gain",
+             "clips.track_id", "tracks.track_id",
              "tracks.frame_times_s", "tracks.mouth_open", "videos.voice_segments")
     writes = pa.schema([
         pa.field("speech_present", pa.list_(pa.float32())),
@@ -86,6 +129,15 @@ class SpeakerStates(Operator):
         "motion_still": Param(0.015, help="mouth-opening std (0.4 s window) at or below which lips are still"),
         "motion_moving": Param(0.045, help="mouth-opening std at or above which lips are moving"),
         "motion_window_s": Param(0.4),
+        "evidence_window_s": Param(1.0, help="the active-speaker evidence is averaged over this window"),
+        "sync_weight": Param(2.0, help="weight of the sync gain against the logit in q"),
+        "owner_window_s": Param(6.0, help="the voice-ownership test averages the sync gain over the "
+                                          "speech frames of this window"),
+        "min_sync_gain": Param(0.15, help="mean sync gain (logit) a face needs over owner_window_s to be "
+                                          "the one its voice comes from"),
+        "logit_offset": Param(2.0, help="added to the AVA logit in q (AVA's movie-trained head sits "
+                                        "lower on close talking faces; the ownership gate keeps listeners "
+                                        "and dubbed faces out)"),
     }
     resources = Resources(num_cpus=0.25)
     inline = True
@@ -102,7 +154,10 @@ class SpeakerStates(Operator):
         if track is None:
             raise OperatorError(f"track {row.get('track_id')!r} not found")
         s = speech_share(times, video.get("voice_segments"))
-        q = values_at(times, times, row.get("asd_prob"), 0.12)
+        ev = max(1, int(round(float(self.p["evidence_window_s"]) / FRAME_S)))
+        ow = max(1, int(round(float(self.p["owner_window_s"]) / FRAME_S)))
+        q = lip_sync(times, row, s >= 0.5, ev, float(self.p["sync_weight"]), ow,
+                     float(self.p["min_sync_gain"]), float(self.p["logit_offset"]))
         mouth = values_at(times, track.get(FRAME_TIMES), track.get("mouth_open"), 0.03)
         window = max(3, int(round(float(self.p["motion_window_s"]) / FRAME_S)) | 1)
         spread = local_std(mouth, window)

@@ -47,6 +47,36 @@ def bad_inputs(tmp_path_factory, media) -> dict[str, Path]:
     return {"zero": zero, "text": text, "truncated": truncated, "audio_only": audio_only}
 
 
+# Composites of shared talking clips whose truth is how they were built (docs/av-labels.md): two
+# faces side by side (360 x 360 each, 5 s) or one, and whose voice is heard. "owner": the face whose
+# own voice it is, per half of the clip (left / right / none).
+_V = "fps=25,scale=360:360,setsar=1"
+COMPOSITES = {
+    # vr_face3 talks with her voice, Katie Hill beside her mouths her own words without sound
+    "mouthing": (["st_WDA_KatieHill_000.mp4", "vr_face3.mp4"],
+                 f"[0:v]{_V}[a];[1:v]{_V}[b];[a][b]hstack[v]", "1:a", ("right", "right")),
+    # the same two talking all the time; the first half of the audio is Katie's, the second vr_face3's
+    "alternating": (["st_WDA_KatieHill_000.mp4", "vr_face3.mp4"],
+                    f"[0:v]{_V}[a];[1:v]{_V}[b];[a][b]hstack[v];[0:a]aresample=44100,atrim=0:2.5,"
+                    "asetpts=PTS-STARTPTS[x];[1:a]aresample=44100,atrim=2.5:5,asetpts=PTS-STARTPTS[y];"
+                    "[x][y]concat=n=2:v=0:a=1[au]", "[au]", ("left", "right")),
+    # vr_face3 talking, the sound replaced by silence
+    "silence": (["vr_face3.mp4"], f"[0:v]{_V}[v];anullsrc=r=44100:cl=mono,atrim=0:5[au]", "[au]", (None, None)),
+    # vr_face3 talking, Katie Hill's voice instead of hers (a dub / voice-over)
+    "other_voice": (["vr_face3.mp4", "st_WDA_KatieHill_000.mp4"], f"[0:v]{_V}[v]", "1:a", (None, None)),
+}
+
+
+def _composite(media, out, inputs, graph, audio):
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
+    for name in inputs:
+        cmd += ["-i", str(media / name)]
+    cmd += ["-filter_complex", graph, "-map", "[v]", "-map", audio, "-t", "5", "-c:v", "libx264",
+            "-preset", "veryfast", "-c:a", "aac", str(out)]
+    subprocess.run(cmd, check=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def conversation_store(tmp_path_factory, media, models):
     """The conversation workflow run once per session (minutes of CPU) on vr_face1 (one woman
@@ -54,13 +84,25 @@ def conversation_store(tmp_path_factory, media, models):
     woman in front talks, the one behind combs her hair), by the command a user runs, in a process
     of its own (in-process, without Ray: the step order is fixed). Shared by test_conversation.py
     and test_audit.py. Returns (store, run summary, person clips by file name, directory)."""
-    from curation.store import Store
     d = tmp_path_factory.mktemp("conv")
     dj = d / "dj_video4_tail.mp4"      # 13-22.4 s: the talking part, both women in frame
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", "13", "-i", str(media / "dj_video4.mp4"),
                     "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(dj)], check=True)
+    return _conversation_run(d, [media / "vr_face1.mp4", media / "lp_d3.mp4", media / "lp_d0.mp4", dj], models)
+
+
+@pytest.fixture(scope="session")
+def composite_store(tmp_path_factory, media, models):
+    """The conversation workflow on vr_face2 and the COMPOSITES (who speaks is known by how they
+    were built), as conversation_store runs it."""
+    d = tmp_path_factory.mktemp("composites")
+    comps = [_composite(media, d / f"composite_{k}.mp4", *v[:3]) for k, v in COMPOSITES.items()]
+    return _conversation_run(d, [media / "vr_face2.mp4", *comps], models)
+
+
+def _conversation_run(d: Path, files: list[Path], models):
+    from curation.store import Store
     st = Store(str(d / "store"))
-    files = [media / "vr_face1.mp4", media / "lp_d3.mp4", media / "lp_d0.mp4", dj]
     cmd = [str(Path(sys.executable).parent / "curation"), "run", str(ROOT / "workflows" / "conversation.yaml"),
            "--store", str(d / "store"), "--models", str(models), "--local"]
     run = subprocess.run(cmd + [x for f in files for x in ("--input", str(f))], capture_output=True,
@@ -254,3 +296,34 @@ def fake_openai():
     yield start
     for s in servers:
         s.close()
+
+
+# ---- the bundled model (tests/models/) -----------------------------------------------------------
+# Here, not in tests/models/conftest.py: a second conftest module would shadow this one for the tests
+# that import helpers from it.
+MOUTH_STEPS = 400
+
+
+@pytest.fixture(scope="session")
+def mouth_teacher(tmp_path_factory) -> Path:
+    """The run directory of a toy avatar DiT trained MOUTH_STEPS steps on the synthetic mouth task
+    (models/configs/mouth.yaml): shared by the learning test and the distillation tests."""
+    import torch
+
+    from models.config import load_config
+    from models.train import train
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("mouth_teacher")
+    train(load_config(ROOT / "models" / "configs" / "mouth.yaml"), out, MOUTH_STEPS)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> str:
+    """A mouth-config DiT checkpoint after 2 steps (for tests that need a teacher, not a good one)."""
+    from models.config import load_config
+    from models.train import train
+    out = tmp_path_factory.mktemp("tiny_teacher")
+    train(load_config(ROOT / "models" / "configs" / "mouth.yaml", {"train.batch_size": 2, "data.pool": 4}),
+          out, 2)
+    return str(out / "checkpoint")

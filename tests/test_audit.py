@@ -344,14 +344,19 @@ def test_the_dropped_tab_lists_a_clip_with_the_filter_that_removed_it(conv_site,
     [lp_d0] = clips["lp_d0.mp4"]                        # no audio stream: an error row
     assert [c["id"] for c in _cards(browser)] == [lp_d0["clip_id"]]
     # the clip page says why: the stage, the clip's value and the threshold
+    [short] = [c for c in clips["dj_video4_tail.mp4"] if c["duration_s"] < 2.0]   # a 1.2 s track piece
+    open_page(browser, site.url + "/clip/" + urllib.parse.quote(short["clip_id"]))
+    assert browser.find_element(By.ID, "fate").get_attribute("data-fate") == "duration"
+    row = browser.find_element(By.CSS_SELECTOR, "#why tr[data-stage='duration']")
+    assert "removed here" in row.text and row.get_attribute("class") == "fail"
+    assert f"duration_s = {short['duration_s']:.3g} (needs >= 2.0)" in row.text.replace("\n", " ")
+    # a kept clip: every stage passes, the sync stage too (sync unknown = kept, docs/av-labels.md)
     [vr] = clips["vr_face1.mp4"]
     open_page(browser, site.url + "/clip/" + urllib.parse.quote(vr["clip_id"]))
-    assert browser.find_element(By.ID, "fate").get_attribute("data-fate") == "in_sync"
-    row = browser.find_element(By.CSS_SELECTOR, "#why tr[data-stage='in_sync']")
-    assert "removed here" in row.text and row.get_attribute("class") == "fail"
-    assert f"sync_confidence = {vr['sync_confidence']:.3g} (needs >= 1.0)" in row.text.replace("\n", " ")
+    assert browser.find_element(By.ID, "fate").get_attribute("data-fate") == "kept"
     passed = browser.find_element(By.CSS_SELECTOR, "#why tr[data-stage='duration']")
     assert passed.get_attribute("class") == "pass" and "duration_s = 5.9 (needs >= 2.0)" in passed.text
+    assert browser.find_element(By.CSS_SELECTOR, "#why tr[data-stage='in_sync']").get_attribute("class") == "pass"
     assert "no validator windows" in browser.find_element(By.ID, "windows").text   # no table: said so
     assert browser.find_element(By.ID, "show").text.endswith(f" {vr['clip_id']}")   # as `curation show` takes it
 
@@ -460,7 +465,7 @@ def test_the_funnel_page_draws_the_chart_and_each_threshold(conv_site, browser):
     assert bars == {r["stage"]: r["remaining"] for r in funnel}
     hists = browser.find_elements(By.CSS_SELECTOR, ".hist svg")
     assert sorted((h.get_attribute("data-expr"), float(h.get_attribute("data-threshold"))) for h in hists) == sorted([
-        ("duration_s", 2.0), ("discard_ratio", 0.2), ("sync_confidence", 1.0), ("ABS(sync_offset_frames)", 3.0)])
+        ("duration_s", 2.0), ("discard_ratio", 0.35)])      # in_sync (sync_ok IS NOT FALSE) has no threshold
     for h in hists:
         assert len(h.find_elements(By.CSS_SELECTOR, "line.threshold")) == 1
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import COMPOSITES, ROOT
 from curation.cli import app
 
 pytestmark = [pytest.mark.slow]
@@ -39,7 +40,7 @@ def test_the_visible_talker_speaks_on_most_speech_frames(conv):
     assert speech.mean() > 0.4 and (states[speech] == "speak").mean() >= 0.8
     assert c["role"] == "speaker" and c["speak_ratio"] > 0.5
     assert c["listen_ratio"] < 0.05              # nobody else speaks in this clip
-    assert c["asd_backend"].startswith("LR-ASD/LR-ASD_finetuning_TalkSet")
+    assert c["asd_backend"].startswith("LR-ASD/LR-ASD_pretrain_AVA")
     probs = c["frame_state_probs"]
     assert len(probs) == len(states) == len(c["frame_times"])
     assert all(abs(sum(p.values()) - 1) < 1e-3 for p in probs)
@@ -86,7 +87,9 @@ def test_sync_and_audio_variants(conv):
     for name in ("vr_face1.mp4", "dj_video4_tail.mp4"):
         for c in clips[name]:
             assert set(ACCEPTANCE) <= set(c) and c["error"] is None
-            assert -15 <= c["sync_offset_frames"] <= 15 and c["sync_confidence"] >= 0
+            # an offset inside the search range, or none with the reason
+            assert (c["sync_offset_frames"] is None) == (c["sync_reason"] is not None) == (c["sync_ok"] is None)
+            assert c["sync_offset_frames"] is None or abs(c["sync_offset_frames"]) < 14
             assert c["sync_backend"].startswith("motion-energy")
             assert len(c["audio_mask"]) == len(c["frame_states"])
             for uri in (c["speaker_audio_uri"], c["listener_audio_uri"]):
@@ -122,3 +125,56 @@ def test_show_prints_the_state_strip_and_sample_draws_it(conv, tmp_path):
     px = np.asarray(sheet)[-30:]                     # the strip under the frames: speak is red
     assert ((px[..., 0] > 200) & (px[..., 1] < 90) & (px[..., 2] < 90)).sum() > 200
     assert next(tmp_path.glob("*_track.mp4")).stat().st_size > 10_000
+
+
+def _side(st, c) -> str:
+    track = next(t for t in st.query("tracks", where=f"track_id = '{c['track_id']}'").to_pylist())
+    boxes = np.array([b for b in track["face_boxes"] if b is not None and np.isfinite(b).all()])
+    return "left" if np.median((boxes[:, 0] + boxes[:, 2]) / 2) < 360 else "right"
+
+
+def _composite_check(comp, kind):
+    """The audio owner speaks on >= 90 % of its speech frames, any other face on <= 10 %."""
+    st, _, clips, _ = comp
+    rows = clips[f"composite_{kind}.mp4"]
+    owners = COMPOSITES[kind][3]
+    faces = 2 if "hstack" in COMPOSITES[kind][1] else 1
+    assert len(rows) == faces                                   # one person clip per face
+    for c in rows:
+        side = _side(st, c)
+        t = np.asarray(c["frame_times"])
+        own = np.where(t < 2.5, owners[0] == side, owners[1] == side)
+        speech = _speech_frames(c)
+        speak = np.asarray(c["frame_states"]) == "speak"
+        if (speech & own).any():
+            assert speak[speech & own].mean() >= 0.9, (kind, side, speak[speech & own].mean())
+        if (speech & ~own).any():
+            assert speak[speech & ~own].mean() <= 0.1, (kind, side, speak[speech & ~own].mean())
+
+
+@pytest.mark.parametrize("kind", ["mouthing", "silence", "other_voice"])
+def test_composites_the_voice_owner_speaks_and_no_other_face_does(composite_store, kind):
+    _composite_check(composite_store, kind)
+
+
+@pytest.mark.xfail(strict=True, reason="turns that change mid-speech: the sync gain needs seconds of "
+                                       "speech to tell the owner (docs/av-labels.md, measured)")
+def test_composite_alternating_talkers(composite_store):
+    _composite_check(composite_store, "alternating")
+
+
+def test_the_shipped_filters_keep_the_talking_clips(conv, composite_store):
+    """conversation.yaml's filters keep at least one clip of vr_face1, vr_face2 and of dj_video4's
+    talking woman (the larger face), as a person curating by eye would."""
+    import yaml
+    wf = yaml.safe_load((ROOT / "workflows" / "conversation.yaml").read_text())
+    where = " AND ".join(f"({f['where']})" for f in wf["filters"])
+    kept = set()
+    for st, _, _, _ in (conv, composite_store):
+        kept |= {c["clip_id"] for c in st.query("clips", where=f"error IS NULL AND {where}").to_pylist()}
+    assert any(c["clip_id"] in kept for c in composite_store[2]["vr_face2.mp4"])
+    st, _, clips, d = conv
+    tracks = {t["track_id"]: t for t in st.query("tracks").to_pylist()}
+    assert any(c["clip_id"] in kept for c in clips["vr_face1.mp4"])
+    front = max({c["track_id"] for c in clips["dj_video4_tail.mp4"]}, key=lambda t: tracks[t]["face_size_px"] or 0)
+    assert any(c["clip_id"] in kept and c["track_id"] == front for c in clips["dj_video4_tail.mp4"])

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from curation.cli import audit, balance, inspect, run, sample, validate
+from curation.cli import audit, balance, distill, inspect, run, sample, train, validate
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Curate human-centric video into training data: run workflows into a Lance "
@@ -24,6 +24,8 @@ sample.register(app)
 balance.register(app)
 audit.register(app)
 validate.register(app)
+train.register(app)
+distill.register(app)
 
 
 def main() -> None:

@@ -92,6 +92,8 @@ def register(app: typer.Typer) -> None:
             for row in s["funnel"]:
                 if row.get("note"):
                     con.print(f"  {row['stage']}: {row['note']}")
+            for w in s.get("warnings") or []:
+                con.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
 
     @app.command("show")
     def show_cmd(store: str = typer.Option(..., "--store", "-s"),

@@ -63,6 +63,7 @@ FPS = 25
 SAMPLES_PER_FRAME = 640          # 16000 / 25
 MFCC_PER_FRAME = 4               # 100 Hz MFCC / 25 fps
 DURATIONS = (1, 2, 3, 4, 5, 6)   # seconds; the source's set literal {1,1,1,2,2,2,3,3,4,5,6} (§1.5)
+SYNC_SHIFTS = (6, 10, 14)        # frames (both ways) the audio is moved by for :meth:`sync_gain`
 CROP_SCALE = 0.40                # §1.2
 PAD_VALUE = 110
 MEDFILT = 13
@@ -476,6 +477,42 @@ class ActiveSpeakerNet:
         """Whole-track visual-encoder output (len(crops), 128) from grey 112 crops."""
         v = torch.from_numpy(np.asarray(crops, np.float32)).to(self.device)
         return self.net.model.visualEncoder(v[None])[0]
+
+    @torch.inference_mode()
+    def sync_gain(self, visual_emb: np.ndarray, audio_int16: np.ndarray, margin: int,
+                  shifts=SYNC_SHIFTS, durations=DURATIONS) -> np.ndarray:
+        """(T,) how much each frame's score depends on the timing of its audio: the class-1 logit with
+        the track's own audio minus the mean logit with that audio moved by each of ``shifts`` frames
+        (both ways), each the mean over ``durations`` of chunked passes (§1.5) of the fusion back end
+        on the whole-track visual embedding (``visual_emb``, T x 128) and the audio embedding of the
+        whole padded audio cut at the shift. ``audio_int16`` starts ``margin`` frames before the
+        track's first frame (the shifted audio is real audio, not padding). A face whose lips move with
+        this voice scores higher with it than with the same voice moved by a quarter to half a second;
+        a face that merely talks (TalkSet weights, a face mouthing someone else's words) does not.
+        NaN where an audio window is missing."""
+        t = len(visual_emb)
+        out = np.full(t, np.nan)
+        lags = [0, *[s for k in shifts for s in (-k, k)]]
+        if t == 0 or margin < max(abs(x) for x in lags):
+            return out
+        feats = mfcc(audio_int16) if len(audio_int16) else np.zeros((0, 13))
+        a_all = self.audio_embedding(feats)                        # frame j = track frame j - margin
+        avail = len(a_all) - margin - max(lags)                    # frames every lag covers
+        t_ok = min(t, avail)
+        if t_ok <= 0:
+            return out
+        v = torch.from_numpy(np.asarray(visual_emb[:t_ok], np.float32)).to(self.device)
+        a = torch.stack([a_all[margin + lag: margin + lag + t_ok] for lag in lags])   # (lags, t, 128)
+        total = torch.zeros(len(lags), t_ok, dtype=torch.float64)
+        for d in durations:
+            n = FPS * d
+            for s0 in range(0, t_ok, n):
+                e = min(s0 + n, t_ok)
+                lg = self.net.logits(a[:, s0:e], v[None, s0:e].expand(len(lags), -1, -1))[..., 1]
+                total[:, s0:e] += lg.double().cpu()
+        total /= len(durations)
+        out[:t_ok] = (total[0] - total[1:].mean(dim=0)).numpy()
+        return out
 
     def score(self, crops: np.ndarray, audio_int16: np.ndarray, durations=DURATIONS) -> ASDScores:
         """Score one face track: ``crops`` (N, 112, 112) uint8 from :func:`asd_crops` at 25 fps,

@@ -72,11 +72,25 @@ class AVSync:
 
     name = "motion-energy"
 
+    def features(self, crops: np.ndarray, audio_int16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The two signals compared: lower-face motion (N,) and speech energy (Ta,) per frame."""
+        return mouth_motion(crops), speech_energy(audio_int16)
+
+    def mean_dist(self, m: np.ndarray, e: np.ndarray, vshift: int = VSHIFT) -> np.ndarray:
+        """(2 vshift + 1,) mean distance per candidate offset (minus the correlation)."""
+        d, used = self._distances(m, e, vshift)
+        rows = d[used]
+        rows = rows[np.isfinite(rows).any(axis=1)]
+        if not len(rows):
+            return np.full(2 * vshift + 1, np.nan)
+        return np.nanmean(rows, axis=0)
+
     def distances(self, crops: np.ndarray, audio_int16: np.ndarray, vshift: int = VSHIFT):
         """(N, 2 vshift + 1) distances -z_m[i] z_e[i + k - vshift] (NaN outside the frames used) and
         the boolean row mask of the frames used."""
-        m = mouth_motion(crops)
-        e = speech_energy(audio_int16)
+        return self._distances(*self.features(crops, audio_int16), vshift)
+
+    def _distances(self, m: np.ndarray, e: np.ndarray, vshift: int):
         n, ta = len(m), len(e)
         rows = np.arange(vshift, min(n, ta) - vshift)
         if len(rows) < MIN_COMMON:     # short track: every frame with audio at some shift

@@ -127,10 +127,13 @@ def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
 
 
 def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, channels: int | None = 2) -> np.ndarray:
-    """Decode the first audio stream with ffmpeg as float32 [N, channels] (no normalisation);
+    """Decode the first audio stream with ffmpeg as float32 [N, channels] (no normalisation), on the
+    file's presentation timeline (curation.media.load_audio);
     ``channels=None`` keeps the stream's channels. Raises ``curation.media.MediaError`` when the file
     has no audio stream or ffmpeg fails."""
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-ar", str(sample_rate)]
+    from curation.media import PLACED_AUDIO    # the first sample at the file's start (silence before a late stream)
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", *PLACED_AUDIO, "-ar",
+           str(sample_rate)]
     if channels:
         cmd += ["-ac", str(channels)]
     else:

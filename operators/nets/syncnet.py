@@ -79,6 +79,27 @@ def sync_from_distances(dists: np.ndarray, n_frames: int, centre: int = WINDOW /
                       frame_confidence=frame_conf, mean_dist=mdist, backend=backend)
 
 
+def chance_sd(mean_dist_of, audio_features, min_roll: int = 30, step: int = VSHIFT) -> float:
+    """How far the best offset stands out from chance, in standard deviations: the lowest mean
+    distance of the search on the real audio against the lowest of the same search with the audio
+    features rolled (circularly, forwards and time-reversed) by ``min_roll`` frames or more (1.2 s:
+    no true offset in reach), ``step`` frames apart (searches of +-15 frames ``step`` apart share
+    half their offsets, not all: the null's spread is not underestimated). ``mean_dist_of(features)``
+    gives the (2 vshift + 1,) curve. The same measure for any backend, so one threshold means the
+    same for SyncNet and motion-energy. NaN when the track is too short for 6 such searches."""
+    a = audio_features
+    rolls = list(range(min_roll, len(a) - min_roll + 1, step))
+    if 2 * len(rolls) < 6:
+        return float("nan")
+    best = float(np.nanmin(mean_dist_of(a)))
+    null = np.array([np.nanmin(mean_dist_of(np.roll(x, r, axis=0))) for x in (a, a[::-1]) for r in rolls],
+                    np.float64)
+    null = null[np.isfinite(null)]
+    if len(null) < 6 or not np.isfinite(best):
+        return float("nan")
+    return float((null.mean() - best) / max(null.std(), 1e-9))
+
+
 def shifted_distances(v: torch.Tensor, a: torch.Tensor, vshift: int = VSHIFT) -> np.ndarray:
     """(W, 2 vshift + 1) Euclidean distances ||V[i] - Ap[i + k] + 1e-6||, Ap = A zero-padded by vshift
     at both ends (§5.3)."""

@@ -99,3 +99,32 @@ def test_motion_energy_follows_shifted_audio(tmp_path, media, models):
         assert all(abs(e - e0) <= 1 for e in errors), f"{name}: errors {errors}"
     print("recovered - applied offset", table)
     assert absolute_ok >= 12, table     # measured 13 of 21 (vr_face1 carries a constant +5)
+
+
+# ---- the sync step on ffmpeg copies, as a user makes them (bench/sync_shifts.py builds the table) --
+@pytest.fixture(scope="module")
+def shift_bench():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import sync_shifts
+    return sync_shifts
+
+
+@pytest.mark.slow
+def test_sync_step_on_itsoffset_copies_is_right_or_says_it_cannot_tell(tmp_path, media, models, shift_bench):
+    """vr_face2 with its audio moved by -10, +5, +10 frames (ffmpeg -itsoffset): each offset the step
+    gives is the applied shift within one frame, with SyncNet's sign (positive = the audio lags);
+    where it cannot tell, the offset is NULL with a reason. lp_d3 (grimaces, no speech) gets none.
+    (st_WDA_KatieHill_000 is not here: motion-energy reads it +6 frames off at 2 sd above chance,
+    the per-speaker bias of a weight-free estimate: docs/av-labels.md, shift table.)"""
+    shifts = [-10, 5, 10]
+    rows, reasons = shift_bench.table(media, str(models), "motion_energy", shifts, tmp_path,
+                                      clips=(("vr_face2.mp4", 0.1, 4.9),))
+    for name, errors in rows:
+        assert all(e is None or abs(e) <= 1 for e in errors), (name, errors, reasons)
+        assert all(reasons.get((name, s)) for s, e in zip(shifts, errors) if e is None)
+    assert sum(e is not None for e in dict(rows)["vr_face2.mp4"]) >= 2, reasons   # measured: 2 of 3
+    [(_, [lp])], why = shift_bench.table(media, str(models), "motion_energy", [0], tmp_path,
+                                         clips=(("lp_d3.mp4", 0.1, 5.9),))
+    assert lp is None and "too little speech" in why[("lp_d3.mp4", 0)]

