@@ -214,7 +214,14 @@ def _slow_run(tmp_path: Path, tiny_videos, store: Path, *extra: str, env: dict |
     cmd = [sys.executable, str(driver), "run", str(wf), "--input", str(tiny_videos[0].parent),
            "--store", str(store), "--flush-every", "1", *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_sigint_default)
+
+
+def _sigint_default() -> None:
+    """A shell starts background jobs with SIGINT ignored, and children inherit that: the run under
+    test must take Ctrl-C however pytest was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _when_committed(st: Store, step: str, n: int, proc, timeout: float = 180) -> None:
