@@ -4,6 +4,7 @@ test_multinode.py); here: its operators in Ray Data's stats, crash isolation, th
 store the scheduler writes (test_run.py checks the values), a setup failure."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -54,6 +55,11 @@ def test_a_run_through_ray_data_isolates_a_crash_and_writes_what_the_scheduler_w
         "probe": (3, 0), "shots": (3, 0), "clips": (3, 0), "dies": (3, 1)}
     for op in ("Stage_probe", "Stage_shots", "Stage_clips", "Stage_dies"):   # Ray Data operators
         assert f"MapBatches({op})" in summary.engine_stats
+    from curation.cli.run import save_engine_stats     # what `curation run` keeps of them
+    saved = save_engine_stats(st, summary)
+    assert saved == tmp_path / "s" / "_logs" / f"{summary.run_id}-ray-data-stats.txt"
+    assert "MapBatches(Stage_dies)" in saved.read_text()
+    assert save_engine_stats(st, dataclasses.replace(summary, engine_stats="")) is None   # scheduler
     videos = {os.path.basename(r["uri"]): r for r in st.query("videos").to_pylist()}
     assert videos["lp_d0.mp4"]["error"] == failures.CRASHED
     assert videos["lp_d0.mp4"]["error_stage"] == "dies"

@@ -186,12 +186,22 @@ def _print_summary(wf, st, store: str, summary, workers: int) -> None:
     if summary.max_calls_in_flight:
         out.print(f"worker calls in flight: {summary.calls_in_flight:.1f} on average, "
                   f"{summary.max_calls_in_flight} at most (--workers {workers})")
-    if summary.engine_stats and st.is_local:   # the Ray Data engine: its operators' stats
-        path = Path(st.uri.removeprefix("file://")) / "_logs" / f"{summary.run_id}-ray-data-stats.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(summary.engine_stats)
-        out.print(f"Ray Data stats: {path}", markup=False, soft_wrap=True)
+    stats = save_engine_stats(st, summary)
+    if stats:
+        out.print(f"Ray Data stats: {stats}", markup=False, soft_wrap=True)
     out.print(f"store: {store}   (curation stats --store {store})", markup=False)
+
+
+def save_engine_stats(st, summary) -> Path | None:
+    """Write the Ray Data engine's execution stats (its operators) to
+    ``<store>/_logs/<run_id>-ray-data-stats.txt`` of a local store and return the path; None when
+    there are none (the scheduler) or the store is remote."""
+    if not summary.engine_stats or not st.is_local:
+        return None
+    path = Path(st.uri.removeprefix("file://")) / "_logs" / f"{summary.run_id}-ray-data-stats.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(summary.engine_stats)
+    return path
 
 
 def _failed_videos(st, run_id: str) -> list[tuple[str, str]]:
