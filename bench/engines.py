@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--cases", default="tiny,clips")
-    ap.add_argument("--media", default=os.environ.get("CURATION_MEDIA", str(ROOT.parent / "shared" / "media")))
+    ap.add_argument("--media", default=os.environ.get("CURATION_MEDIA",
+                                                      str(ROOT.parent / "shared" / "media")))
     ap.add_argument("--models", default=os.environ.get("CURATION_MODELS",
                                                        str(ROOT.parent / "shared" / "models")))
     ap.add_argument("--raydata", default="group", help="Ray Data variants, ';'-separated: "
