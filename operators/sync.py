@@ -42,6 +42,9 @@ TOLERANCE = {"syncnet": 3, "motion_energy": 6}
 
 class Sync(Operator):
     name = "sync"
+    summary = ("person clips: audio-visual offset (NULL with a reason when it cannot tell), LSE-D, "
+               "LSE-C, confidence above chance, `sync_ok`, per-frame confidence (SyncNet, or "
+               "motion-energy)")
     version = "2"   # 2: NULL offset with a reason, sync_chance_sd, sync_ok; audio on the file's timeline
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"
