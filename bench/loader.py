@@ -73,32 +73,36 @@ def cpu_seconds() -> float:
 
 
 def run_bare(jobs, workers: int) -> tuple[float, float, float]:
-    """(seconds in all, seconds from the first window to the last, CPU seconds)."""
+    """(seconds in all, seconds of the steady state (from when every worker delivered a window)
+    scaled to all windows, CPU seconds)."""
     c0 = cpu_seconds()
     t0 = time.perf_counter()
-    first = None
+    times = []
     if workers:
         with mp.get_context("spawn").Pool(workers) as pool:
             for _ in pool.imap(_bare, jobs, chunksize=1):
-                first = first or time.perf_counter()
+                times.append(time.perf_counter())
     else:
         for job in jobs:
             _bare(job)
-            first = first or time.perf_counter()
+            times.append(time.perf_counter())
     end = time.perf_counter()
-    return end - t0, end - first, cpu_seconds() - c0
+    k = min(max(workers, 1), len(times) - 1)          # windows delivered before the steady state
+    return end - t0, (end - times[k - 1]) * len(jobs) / (len(jobs) - k), cpu_seconds() - c0
 
 
 def run_loader(make, workers: int) -> tuple[float, float, float, int]:
+    """As run_bare; the steady state starts once every DataLoader worker delivered a step."""
     from curation.data.loader import make_loader
     c0 = cpu_seconds()
     t0 = time.perf_counter()
-    first, n = None, 0
+    arrivals, n = [], 0
     for b in make_loader(make(), num_workers=workers):
         n += len(b["clip_id"])
-        first = first or (time.perf_counter(), n)
+        arrivals.append((time.perf_counter(), n))
     end = time.perf_counter()
-    return end - t0, (end - first[0]) * n / max(1, n - first[1]), cpu_seconds() - c0, n
+    t_k, n_k = arrivals[min(max(workers, 1), len(arrivals) - 1) - 1]
+    return end - t0, (end - t_k) * n / max(1, n - n_k), cpu_seconds() - c0, n
 
 
 def throughput(args, store: str) -> None:
@@ -110,7 +114,7 @@ def throughput(args, store: str) -> None:
     jobs = bare_jobs(make(), args.epochs)
     print(f"\n## delivered windows / s vs bare decode ({len(jobs)} windows of 2 s at 25 fps, "
           f"size {args.size or 'native'}, profile {args.profile}; load average {os.getloadavg()[0]:.1f})\n")
-    print("| workers | bare decode windows/s | loader windows/s | ratio | ratio after the first window "
+    print("| workers | bare decode windows/s | loader windows/s | ratio | steady ratio (every worker started) "
           "| CPU-time ratio |")
     print("|---|---|---|---|---|---|")
     for workers in args.workers:
@@ -170,12 +174,12 @@ def padding(args, store: str) -> None:
     print(f"\n## token-bucket padding ({len(windows)} windows of 2-6 s from 10,000 clips of 2-20 s, "
           f"{len(lengths)} lengths {lengths[0]}-{lengths[-1]} frames, 3 frame sizes, budget "
           f"{args.batch_tokens:,} tokens a global batch, batches a multiple of 8 windows)\n")
-    print("| epoch | global batches | windows per batch | padding | spares (not yielded) |\n|---|---|---|---|---|")
+    print("| epoch | global batches | windows per batch | padding (frames) | pad slots (repeats) |\n|---|---|---|---|---|")
     for e in range(3):
         p = epoch_plan(windows, 0, e, batch_tokens=args.batch_tokens, divisible_by=8)
         n = [len(b) for b in p.batches]
-        spares = sum(map(len, p.spares.values()))
-        print(f"| {e} | {len(n)} | {min(n)}-{max(n)} | {p.padding:.4f} | {spares} ({spares / len(windows):.2%}) |")
+        pads = sum(map(len, p.pads.values()))
+        print(f"| {e} | {len(n)} | {min(n)}-{max(n)} | {p.padding:.4f} | {pads} ({pads / sum(n):.2%}) |")
 
 
 def main() -> None:

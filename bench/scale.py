@@ -126,11 +126,15 @@ def _wrap_timers(timings: dict) -> None:
                 timings[label] = timings.get(label, 0.0) + time.perf_counter() - t0
         setattr(owner, name, timed)
 
+    import curation.commit as commit
+    import curation.plan as plan
     wrap(runner, "ingest", "ingest")
     wrap(runner, "resolve_inputs", "resolve_inputs")
-    wrap(runner.Runner, "_plan", "plan")
-    wrap(runner.Runner, "_stream", "stream (plan included)")
-    wrap(runner.Runner, "_commit", "commit (driver writes of rows)")
+    wrap(runner, "needed", "plan")
+    wrap(plan, "needed", "plan")
+    wrap(runner.Runner, "stream", "stream (plan included)")
+    wrap(runner.Runner, "_stream", "stream (plan included)")   # older code (--code)
+    wrap(commit.Committer, "commit", "commit (driver writes of rows)")
     wrap(Store, "optimize_indices", "optimize_indices")
     wrap(Store, "tag", "tag")
     wrap(Store, "upsert", "store.upsert (all callers)")

@@ -62,22 +62,37 @@ class Ingested(list):
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
-def resolve_inputs(paths: Iterable[str]) -> list[str]:
+def resolve_inputs(paths: Iterable[str], problems: list[tuple[str, str]] | None = None) -> list[str]:
     """Files as given (absolute, links not resolved); directories expanded recursively to their
-    entries with a video extension. A path that does not exist at all raises FileNotFoundError."""
+    entries with a video extension.
+
+    An input that does not exist is kept as a file (ingest gives it a row saying "file not found",
+    and it counts as failed); with ``problems`` given, (input, what is wrong) is added there for
+    it and for every directory with no video file in it (e.g. a directory named ``x.mp4``).
+    Without ``problems`` a missing input raises FileNotFoundError (library use)."""
     out: list[str] = []
     for p in paths:
         p = str(p)
-        if "://" in p and not p.startswith("file://"):
-            out.extend(_resolve_remote(p))
+        try:
+            if "://" in p and not p.startswith("file://"):
+                found = _resolve_remote(p)
+            else:
+                p = p.removeprefix("file://")
+                if os.path.isdir(p):
+                    found = _walk(os.path.abspath(p))
+                elif os.path.lexists(p):
+                    found = [os.path.abspath(p)]
+                else:
+                    raise FileNotFoundError(f"input not found: {p}")
+        except FileNotFoundError:
+            if problems is None:
+                raise
+            problems.append((p, "not found"))
+            out.append(p if "://" in p else os.path.abspath(p))
             continue
-        p = p.removeprefix("file://")
-        if os.path.isdir(p):
-            out.extend(_walk(os.path.abspath(p)))
-        elif os.path.lexists(p):
-            out.append(os.path.abspath(p))
-        else:
-            raise FileNotFoundError(f"input not found: {p}")
+        if not found and problems is not None:
+            problems.append((p, "a directory with no video file in it"))
+        out.extend(found)
     return list(dict.fromkeys(out))
 
 
@@ -185,8 +200,26 @@ def ingest(store: Store, uris: list[str], run_id: str) -> Ingested:
         except MediaError as e:
             stats[uri] = f"cannot read file: {e}"
     known = _known(store, uris)
-    ids: dict[str, str] = {}           # uri -> video id
-    reused = 0
+    ids, fresh, n_hashed = _ids(uris, stats, known)
+    out_ids, failed, good_rows, bad_rows = _rows(uris, stats, ids, fresh, run_id)
+    for group, cols in ((good_rows, _INGEST), (bad_rows, _INGEST + ("error", "error_stage"))):
+        if group:
+            store.upsert("videos", pa.Table.from_pylist(
+                group, schema=pa.schema([VIDEOS.field(c) for c in cols])))
+    # an input that failed at ingest before and reads fine now: its error row goes
+    healed = [r["video_id"] for u in fresh for r in known.get(u, []) if r.get("error_stage") == "ingest"]
+    if healed:
+        store.delete("videos", store.video_filter(healed))
+    return Ingested(out_ids, failed=failed, hashed=n_hashed, reused=len(ids) - len(fresh),
+                    seconds=time.perf_counter() - t0)
+
+
+def _ids(uris: list[str], stats: dict, known: dict) -> tuple[dict[str, str], set[str], int]:
+    """uri -> video id: an unchanged file (same uri, size and mtime as its row) keeps its row's id
+    unread; the others are hashed (in threads when there are a few). Returns the ids, the uris
+    hashed successfully, and how many were read. A file that cannot be hashed gets its error in
+    ``stats``."""
+    ids: dict[str, str] = {}
     to_hash = []
     for uri in uris:
         st = stats[uri]
@@ -197,7 +230,6 @@ def ingest(store: Store, uris: list[str], run_id: str) -> Ingested:
                       and not str(r["video_id"]).startswith("uri-")), None)
         if match:
             ids[uri] = match["video_id"]
-            reused += 1
         else:
             to_hash.append(uri)
     if len(to_hash) >= PARALLEL_FROM:
@@ -212,41 +244,32 @@ def ingest(store: Store, uris: list[str], run_id: str) -> Ingested:
         else:
             ids[uri] = vid
             fresh.add(uri)
+    return ids, fresh, len(to_hash)
 
+
+def _rows(uris, stats, ids, fresh, run_id):
+    """The ids in input order (one per content), the failed ones, and the rows to write: new or
+    changed files, and an error row for each input that cannot be read."""
     out_ids: list[str] = []
     seen: set[str] = set()
     failed: dict[str, str] = {}
     good_rows, bad_rows = [], []
     for uri in uris:
         st = stats[uri]
-        if isinstance(st, str):
-            vid = _error_id(uri)
-            if vid not in failed:
-                failed[vid] = st
-                out_ids.append(vid)
-                seen.add(vid)
-                bad_rows.append({"video_id": vid, "uri": uri, "size_bytes": None, "mtime_ns": None,
-                                 "schema_version": SCHEMA_VERSION, "run_id": run_id, "error": st,
-                                 "error_stage": "ingest"})
-            continue
-        vid = ids[uri]
-        if vid in seen:  # the same content twice under two names: one video
+        vid = _error_id(uri) if isinstance(st, str) else ids[uri]
+        if vid in seen:   # the same content twice under two names: one video
             continue
         out_ids.append(vid)
         seen.add(vid)
-        if uri in fresh:    # errors of earlier runs stay until the step that made them succeeds
+        if isinstance(st, str):
+            failed[vid] = st
+            bad_rows.append({"video_id": vid, "uri": uri, "size_bytes": None, "mtime_ns": None,
+                             "schema_version": SCHEMA_VERSION, "run_id": run_id, "error": st,
+                             "error_stage": "ingest"})
+        elif uri in fresh:    # errors of earlier runs stay until the step that made them succeeds
             good_rows.append({"video_id": vid, "uri": uri, "size_bytes": st[0], "mtime_ns": st[1],
                               "schema_version": SCHEMA_VERSION, "run_id": run_id})
-    for group, cols in ((good_rows, _INGEST), (bad_rows, _INGEST + ("error", "error_stage"))):
-        if group:
-            store.upsert("videos", pa.Table.from_pylist(
-                group, schema=pa.schema([VIDEOS.field(c) for c in cols])))
-    # an input that failed at ingest before and reads fine now: its error row goes
-    healed = [r["video_id"] for u in fresh for r in known.get(u, []) if r.get("error_stage") == "ingest"]
-    if healed:
-        store.delete("videos", "video_id IN (" + ", ".join(sql_quote(v) for v in healed) + ")")
-    return Ingested(out_ids, failed=failed, hashed=len(to_hash), reused=reused,
-                    seconds=time.perf_counter() - t0)
+    return out_ids, failed, good_rows, bad_rows
 
 
 def _safe_hash(uri: str) -> tuple[str | None, str | None]:

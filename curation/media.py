@@ -346,13 +346,17 @@ class Frames:
     ``scale`` is the decoded size over the displayed size of the video: a box in display pixels
     (as stored in the tables) is ``box * scale`` in these images (see :func:`crop_boxes`).
     ``views``: frames of the same span already decoded at other (fps, max_side), which
-    :meth:`sample` returns as they are (a span decoded for a union :class:`FrameSpec`)."""
+    :meth:`sample` returns as they are (a span decoded for a union :class:`FrameSpec`).
+    ``derived``: what steps compute from these frames and other steps of the same fused group
+    reuse (the face crops of a track, read by ``asd`` and ``sync``), keyed by what it is; it goes
+    with the frames. Steps still never write into ``images``."""
     images: np.ndarray
     times: np.ndarray
     fps: float                      # native average frame rate of the video
     indices: np.ndarray = field(default=None)  # frame numbers in the video
     scale: float = 1.0
     views: dict = field(default_factory=dict, repr=False)
+    derived: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.times)

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -77,6 +78,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import pyarrow as pa
 
+from curation import failures
 from curation.media import ChunksRestart, FrameSpec, Frames, MediaError, VideoDecoder, local_path
 
 FRAME_BUDGET_BYTES = 1 << 30   # decoded bytes of rows a frame stage holds before its steps run on them
@@ -142,6 +144,7 @@ class OperatorError(RuntimeError):
 
 class Operator:
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""          # one line: what it computes (`curation schema --operators`)
     version: ClassVar[str] = "1"
     input_table: ClassVar[str] = "videos"
     output_table: ClassVar[str] = "videos"
@@ -200,14 +203,24 @@ class Operator:
     def setup(self) -> None:
         """Load models once per worker (override when ``needs_model``)."""
 
+    def teardown(self) -> None:
+        """Release what ``setup()`` holds (native graphs, sessions, files) when the worker ends."""
+
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
         """Non-frame operators: all input rows of one video at once."""
         raise NotImplementedError
 
     def process_row(self, video: dict, row: dict, frames: Frames) -> dict | list[dict]:
         """Frame operators: one input row with its decoded frames at ``self.frames`` (annotating
-        operators return one dict; emitting operators a list of new rows)."""
-        raise NotImplementedError
+        operators return one dict; emitting operators a list of new rows). An operator that only
+        implements :meth:`process_rows` gets this for free (one item; its exception raised)."""
+        if type(self).process_rows is Operator.process_rows:
+            raise NotImplementedError(f"operator {self.name!r} implements neither process_row "
+                                      f"nor process_rows")
+        out = self.process_rows([(video, row, frames)])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
 
     def stream(self, video: dict, row: dict, times: np.ndarray) -> "FrameSink | None":
         """Frame operators that can take a long row's span chunk by chunk: return a sink for this
@@ -221,7 +234,8 @@ class Operator:
 
     def process_rows(self, items: list[tuple[dict, dict, Frames]]) -> list:
         """Frame operators, several rows (of one or more videos) at once: override to batch a
-        network over them. Returns, per item, what process_row returns or the Exception raised."""
+        network over them. Returns, per item, what process_row returns or the Exception raised
+        (by default :meth:`process_row` on each item)."""
         out = []
         for video, row, frames in items:
             try:
@@ -253,28 +267,42 @@ class StepResult:
     error: str | None = None          # a failure of the whole video for this step
     seconds: float = 0.0
     marks: list[dict] | None = None   # input rows whose error this step sets or clears (key + error)
+    kind: str | None = None           # the failure's kind (curation.failures.POLICY), None when ok
+
+    @property
+    def retry(self) -> bool:
+        """The next run repeats this (video, step): it failed for a reason not the video's own."""
+        return self.kind is not None and failures.retried(self.kind)
+
+    @classmethod
+    def failure(cls, step: str, video_id: str, f: "failures.Failure", seconds: float = 0.0) -> "StepResult":
+        """The whole video failed this step."""
+        return cls(step, video_id, error=f.message, kind=f.kind, seconds=seconds)
 
 
 def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    msg = text[0] if text else ""
-    return msg if isinstance(e, (MediaError, OperatorError)) else f"{type(e).__name__}: {msg}"
+    return failures.of(e).message
 
 
-def _to_table(op: Operator, out: list[dict], keys: list[dict]) -> tuple[pa.Table, list[dict]]:
-    """Check ``out`` against the declared schema; return the table of values (with the keys of
-    annotated rows) and the error marks (rows that set or clear their ``error``), kept apart so
-    that writing one step's values never touches an error another step recorded."""
+# A row missing a declared column fails instead of writing null: set in tests (tests/conftest.py
+# sets CURATION_STRICT_COLUMNS=1, which Ray workers and subprocesses inherit)
+STRICT_COLUMNS = os.environ.get("CURATION_STRICT_COLUMNS") == "1"
+
+
+def _to_table(op: Operator, out: list[dict], keys: list[dict]) -> pa.Table:
+    """The values of ``out`` (one dict per row, errors left out) as a table of the declared schema,
+    with the keys of annotated rows. A column that is not declared fails the step; a declared one a
+    row leaves out is null (with :data:`STRICT_COLUMNS`: fails, so a test sees it)."""
     declared = set(op.writes.names)
     key_names = set(keys[0]) if keys else set()
-    marks = []
-    for i, d in enumerate(out):
+    for d in out:
         extra = set(d) - declared - key_names - {"error", "error_stage"}
         if extra:
             raise OperatorError(f"operator {op.name!r} returned undeclared column(s) "
                                 f"{', '.join(sorted(extra))}")
-        if "error" in d and keys:
-            marks.append({**keys[i], "error": d["error"], "error_stage": d.get("error_stage")})
+        if STRICT_COLUMNS and d and not d.get("error") and declared - set(d):
+            raise OperatorError(f"operator {op.name!r} did not return column(s) "
+                                f"{', '.join(sorted(declared - set(d)))}")
     body = pa.Table.from_pylist([{n: d.get(n) for n in op.writes.names} for d in out],
                                 schema=op.writes)
     if keys:
@@ -282,7 +310,12 @@ def _to_table(op: Operator, out: list[dict], keys: list[dict]) -> tuple[pa.Table
         for name in key_table.column_names:
             if name not in body.column_names:
                 body = body.append_column(name, key_table[name])
-    return body, marks
+    return body
+
+
+def _outcome(d) -> str | None:
+    """A row's error from what the operator returned for it (None: the row succeeded)."""
+    return d.get("error") if isinstance(d, dict) else None
 
 
 def key_of(row: dict, key: tuple[str, ...]) -> dict:
@@ -318,19 +351,18 @@ def _run_plain(step_op, video, rows, keys) -> StepResult:
     t0 = time.perf_counter()
     try:
         out = op.process(video, rows)
-        if op.emits:
-            table, marks = _to_table(op, out, [])
+        if not op.emits and len(out) != len(rows):
+            raise OperatorError(f"operator {op.name!r} returned {len(out)} rows for "
+                                f"{len(rows)} input rows")
+        key_rows = [key_of(r, keys) for r in rows]
+        if op.emits:   # new rows; the input rows succeeded
+            table, outcomes = _to_table(op, out, []), [None] * len(rows)
         else:
-            if len(out) != len(rows):
-                raise OperatorError(f"operator {op.name!r} returned {len(out)} rows for "
-                                    f"{len(rows)} input rows")
-            out = [{"error": None, "error_stage": None, **d} if r.get("error_stage") == step else d
-                   for d, r in zip(out, rows)]
-            table, marks = _to_table(op, out, [key_of(r, keys) for r in rows])
+            table, outcomes = _to_table(op, out, key_rows), [_outcome(d) for d in out]
         return StepResult(step, video["video_id"], rows=table, seconds=time.perf_counter() - t0,
-                          marks=marks)
+                          marks=failures.row_marks(step, key_rows, rows, outcomes))
     except Exception as e:  # noqa: BLE001 - recorded on the row, never fatal for the run
-        return StepResult(step, video["video_id"], error=one_line(e), seconds=time.perf_counter() - t0)
+        return StepResult.failure(step, video["video_id"], failures.of(e), time.perf_counter() - t0)
 
 
 def _streams(op: Operator) -> bool:
@@ -430,7 +462,7 @@ def _decoded(steps, work, spec: FrameSpec, chunk_s: float, videos: list[dict], g
                         yield "row", (vi, ri, video, row, frames, frozenset())
                     del frames
         except Exception as e:  # noqa: BLE001 - the video could not be opened or decoded
-            pv["error"] = one_line(e)
+            pv["error"] = failures.of(e)
         finally:
             open_decoder[0] = decoder = None
 
@@ -448,39 +480,9 @@ def _stream_row(steps, video, row, vi, ri, decoder, span, spec, chunk_s, pv, got
             errs[(vi, ri)] = one_line(e)
             return None, frozenset()
         pv["decode_s"] += time.perf_counter() - t
-        sinks: dict[int, Any] = {}
-        whole: dict[tuple, Any] = {}        # view key -> frames put together for whole-span steps
-        for si, (_, op) in enumerate(steps):
-            key = (op.frames.fps, op.frames.max_side)
-            if _streams(op):
-                t = time.perf_counter()
-                try:
-                    sink = op.stream(video, row, chunks.times[key])
-                except Exception as e:  # noqa: BLE001 - that row's error
-                    sink = e
-                pv["step_s"][si] += time.perf_counter() - t
-                if sink is not None:
-                    sinks[si] = sink
-                    continue
-            whole.setdefault(key, None)
+        sinks, whole = _sinks(steps, video, row, chunks, pv)
         try:
-            for chunk in _timed(chunks, pv):
-                if not whole and all(isinstance(s, BaseException) for s in sinks.values()):
-                    break   # every streaming step failed on this row: nothing left to decode for
-                for si, sink in sinks.items():
-                    op = steps[si][1]
-                    view = chunk.sample(op.frames.fps, op.frames.max_side)
-                    if isinstance(sink, BaseException) or not len(view):
-                        continue
-                    t = time.perf_counter()
-                    try:
-                        sink.add(view)
-                    except Exception as e:  # noqa: BLE001 - that row's error for this step
-                        sinks[si] = e
-                    pv["step_s"][si] += time.perf_counter() - t
-                for key in whole:
-                    whole[key] = _gather(whole[key], chunk.sample(*key), len(chunks.times[key]))
-                chunk = view = None   # not held while the next chunk decodes
+            _feed(steps, chunks, sinks, whole, pv)
         except ChunksRestart:   # the decode starts again on another path (sinks made anew)
             views = False
             continue
@@ -490,14 +492,7 @@ def _stream_row(steps, video, row, vi, ri, decoder, span, spec, chunk_s, pv, got
         finally:
             chunks.close()
         for si, sink in sinks.items():
-            if not isinstance(sink, BaseException):
-                t = time.perf_counter()
-                try:
-                    sink = sink.finish()
-                except Exception as e:  # noqa: BLE001
-                    sink = e
-                pv["step_s"][si] += time.perf_counter() - t
-            got[si][(vi, ri)] = sink
+            got[si][(vi, ri)] = _finished(sink, pv, si)
         if not whole:
             return None, frozenset(sinks)
         if any(g is None for g in whole.values()):
@@ -508,6 +503,62 @@ def _stream_row(steps, video, row, vi, ri, decoder, span, spec, chunk_s, pv, got
                       indices=frames[0].indices, scale=frames[0].scale,
                       views=dict(zip(whole, frames))), frozenset(sinks)
     raise MediaError("the chunked decode had to start again too often")
+
+
+def _sinks(steps, video, row, chunks, pv) -> tuple[dict, dict]:
+    """The sink of each step that streams this row (or the exception its ``stream`` raised), and
+    the views the other steps need whole (key -> None, filled by :func:`_feed`)."""
+    sinks: dict[int, Any] = {}
+    whole: dict[tuple, Any] = {}
+    for si, (_, op) in enumerate(steps):
+        key = (op.frames.fps, op.frames.max_side)
+        if _streams(op):
+            t = time.perf_counter()
+            try:
+                sink = op.stream(video, row, chunks.times[key])
+            except Exception as e:  # noqa: BLE001 - that row's error
+                sink = e
+            pv["step_s"][si] += time.perf_counter() - t
+            if sink is not None:
+                sinks[si] = sink
+                continue
+        whole.setdefault(key, None)
+    return sinks, whole
+
+
+def _feed(steps, chunks, sinks: dict, whole: dict, pv) -> None:
+    """Every chunk to every sink at its step's view (a sink that raised is that row's error for
+    that step), and into the whole-span views."""
+    for chunk in _timed(chunks, pv):
+        if not whole and all(isinstance(s, BaseException) for s in sinks.values()):
+            break   # every streaming step failed on this row: nothing left to decode for
+        for si, sink in sinks.items():
+            op = steps[si][1]
+            view = chunk.sample(op.frames.fps, op.frames.max_side)
+            if isinstance(sink, BaseException) or not len(view):
+                continue
+            t = time.perf_counter()
+            try:
+                sink.add(view)
+            except Exception as e:  # noqa: BLE001 - that row's error for this step
+                sinks[si] = e
+            pv["step_s"][si] += time.perf_counter() - t
+        for key in whole:
+            whole[key] = _gather(whole[key], chunk.sample(*key), len(chunks.times[key]))
+        chunk = view = None   # not held while the next chunk decodes
+
+
+def _finished(sink, pv, si: int):
+    """What a sink returns for the whole row (or the exception it raised, or raised before)."""
+    if isinstance(sink, BaseException):
+        return sink
+    t = time.perf_counter()
+    try:
+        return sink.finish()
+    except Exception as e:  # noqa: BLE001
+        return e
+    finally:
+        pv["step_s"][si] += time.perf_counter() - t
 
 
 def _timed(chunks, pv):
@@ -549,39 +600,39 @@ def _results(steps, work, keys, videos, got, errs) -> list[list[StepResult]]:
         for vi, (video, rows) in enumerate(work):
             pv = videos[vi]
             if pv["error"]:
-                results[vi].append(StepResult(step, video["video_id"], error=pv["error"]))
+                results[vi].append(StepResult.failure(step, video["video_id"], pv["error"]))
                 continue
-            seconds = pv["decode_s"] / len(steps) + pv["step_s"][si]
-            out: list[dict] = []
-            emitted: list[dict] = []
-            for ri, row in enumerate(rows):
-                err = errs.get((vi, ri))
-                d = got[si].get((vi, ri)) if err is None else None
-                if err is not None:
-                    d = {"error": err, "error_stage": step}
-                elif isinstance(d, BaseException):
-                    d = {"error": one_line(d), "error_stage": step}
-                elif op.emits:
-                    if not isinstance(d, list):
-                        d = {"error": f"operator {op.name!r} must return a list of rows",
-                             "error_stage": step}
-                    else:
-                        emitted.extend(d)
-                        d = {"error": None, "error_stage": None} if row.get("error_stage") == step else {}
-                elif row.get("error_stage") == step:   # a re-run that now succeeds clears it
-                    d = {"error": None, "error_stage": None, **d}
-                out.append(d)
-            try:
-                key_rows = [key_of(r, keys) for r in rows]
-                if op.emits:
-                    table, _ = _to_table(op, emitted, [])
-                    marks = [{**k, "error": d.get("error"), "error_stage": d.get("error_stage")}
-                             for k, d in zip(key_rows, out) if "error" in d]
-                else:
-                    table, marks = _to_table(op, out, key_rows)
-                results[vi].append(StepResult(step, video["video_id"], table, seconds=seconds,
-                                              marks=marks))
-            except Exception as e:  # noqa: BLE001
-                results[vi].append(StepResult(step, video["video_id"], error=one_line(e),
-                                              seconds=seconds))
+            outs = [errs.get((vi, ri), got[si].get((vi, ri))) for ri in range(len(rows))]
+            results[vi].append(_step_result(step, op, video, rows, keys, outs,
+                                            pv["decode_s"] / len(steps) + pv["step_s"][si]))
     return results
+
+
+def _step_result(step, op, video, rows, keys, outs, seconds) -> StepResult:
+    """One step's result for one video of a frame stage, from each row's output: a dict (or a list
+    of new rows for an emitting operator), an Exception, or a decode error (str)."""
+    outcomes, values, emitted = [], [], []
+    kind = None      # a row failure not the video's fault makes the next run repeat this step
+    for d in outs:
+        if isinstance(d, BaseException):
+            f = failures.of(d)
+            kind = f.kind if f.retry else kind
+            d = f.message
+        elif op.emits and not isinstance(d, (list, str)):
+            d = f"operator {op.name!r} must return a list of rows"
+        if isinstance(d, str):
+            outcomes.append(d)
+            values.append({})
+        elif op.emits:
+            outcomes.append(None)
+            emitted.extend(d)
+        else:
+            outcomes.append(_outcome(d))
+            values.append(d)
+    try:
+        key_rows = [key_of(r, keys) for r in rows]
+        table = _to_table(op, emitted, []) if op.emits else _to_table(op, values, key_rows)
+        return StepResult(step, video["video_id"], table, seconds=seconds, kind=kind,
+                          marks=failures.row_marks(step, key_rows, rows, outcomes))
+    except Exception as e:  # noqa: BLE001
+        return StepResult.failure(step, video["video_id"], failures.of(e), seconds)

@@ -10,9 +10,13 @@ Accepted: what Lance's DataFusion-based filters accept and people write: AND/OR/
 IN, BETWEEN, IS [NOT] NULL / TRUE / FALSE, [I]LIKE, 'quoted strings' (quote doubled inside),
 `backtick` or "double-quoted" names, nested fields (a.b), list indexing (l[1]), function calls
 (array_has, array_length, starts_with, lower, regexp_like, date_part, ...), CAST, timestamp '...'
-literals, x'hex' literals and ``--`` comments. Rejected: empty text, trailing tokens, unbalanced
-parentheses or quotes, operators with a missing operand, ``;``, sub-queries and bare values that
-cannot be a condition (``duration_s + 1``, ``5``).
+literals and x'hex' literals. Rejected: empty text, trailing tokens, unbalanced parentheses or
+quotes, operators with a missing operand, ``;``, comments (``--`` and ``/* */``: the rest of a
+line after ``--`` would be silently ignored), nesting deeper than :data:`MAX_DEPTH` parentheses,
+sub-queries and bare values that cannot be a condition (``duration_s + 1``, ``5``).
+
+:func:`columns_of` names the columns a predicate reads (workflow filters are checked against the
+columns their workflow writes when it loads).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, TokenError
 
 MAX_SHOWN = 80  # characters of the predicate quoted back in an error message
+MAX_DEPTH = 64  # nested parentheses (deeper ones exhaust the parser's recursion)
 
 
 class InvalidFilter(ValueError):
@@ -83,6 +88,15 @@ def validate_where(text: str) -> str:
     T = tokens.TokenType
     if T.SEMICOLON in kinds:
         raise _fail(text, "';' is not allowed (one predicate only)")
+    if any(t.comments for t in toks) or (not toks and ("--" in text or "/*" in text)):
+        raise _fail(text, "SQL comments ('--', '/* */') are not allowed (what they hide would be "
+                          "ignored)")
+    depth = deepest = 0
+    for k in kinds:
+        depth += (k == T.L_PAREN) - (k == T.R_PAREN)
+        deepest = max(deepest, depth)
+    if deepest > MAX_DEPTH:
+        raise _fail(text, f"nested {deepest} parentheses deep (at most {MAX_DEPTH})")
     for a, b in zip(kinds, kinds[1:]):
         if a == T.COMMA and b == T.R_PAREN:
             raise _fail(text, "a ',' with nothing after it before ')'")
@@ -92,6 +106,8 @@ def validate_where(text: str) -> str:
         raise _fail(text, _parse_problem(e)) from None
     except TokenError:
         raise _fail(text, "unterminated quoted string") from None
+    except RecursionError:
+        raise _fail(text, "too deeply nested") from None
     if tree is None:
         raise _fail(text, "nothing to parse")
     if tree.find(exp.Select, exp.Subquery, exp.Query) is not None:
@@ -111,3 +127,14 @@ def parse_where(text: str) -> exp.Expression:
 def render(node: exp.Expression) -> str:
     """SQL text of a (sub-)tree of :func:`parse_where`, in the quoting Lance reads."""
     return node.sql(dialect=_Lance())
+
+
+def columns_of(text: str) -> set[str]:
+    """The top-level columns a valid predicate reads (``tags.motion`` reads ``tags``; names in
+    double quotes, which Lance reads as strings, are left out)."""
+    out = set()
+    for col in parse_where(text).find_all(exp.Column):
+        root = col.parts[0]
+        if not root.quoted or f"`{root.name}`" in text:
+            out.add(root.name)
+    return out

@@ -142,10 +142,39 @@ def find_row(uri: str, ident: str) -> tuple[str, dict, dict]:
     raise StoreError(f"no clip, video or track with id {ident!r} in {uri}")
 
 
+def operators_in_order() -> list:
+    """The registered operators in the order data flows through them: each after the operators
+    whose columns it reads and that make its input rows (ties by name)."""
+    from operators import REGISTRY
+    ops = list(REGISTRY.values())
+    writers: dict[tuple[str, str], set[str]] = {}
+    for op in ops:
+        for f in op.writes:
+            writers.setdefault((op.output_table, f.name), set()).add(op.name)
+    deps = {op.name: set() for op in ops}
+    for op in ops:
+        for ref in op.reads:
+            table, _, column = ref.partition(".")
+            deps[op.name] |= writers.get((table, column), set())
+        deps[op.name] |= {e.name for e in ops if e.input_table != e.output_table == op.input_table}
+        deps[op.name].discard(op.name)
+    order: list[str] = []
+    while len(order) < len(ops):
+        ready = sorted(n for n, d in deps.items() if n not in order and d <= set(order))
+        order.append(ready[0] if ready else sorted(set(deps) - set(order))[0])   # (a cycle)
+    return [REGISTRY[n] for n in order]
+
+
+def operator_rows() -> list[dict]:
+    """The operator table: op, rows in -> out, what it computes (each operator's ``summary``)."""
+    return [{"op": op.name, "rows": f"{op.input_table} -> {op.output_table}", "summary": op.summary}
+            for op in operators_in_order()]
+
+
 def schema_rows(only: str | None = None) -> list[dict]:
     """Every column of every table with its type and writer (base schema or operator)."""
-    from operators import REGISTRY
     from schemas import KEYS, TABLES
+    ops = operators_in_order()
     rows = []
     backbone = {"videos": "ingest / probe", "shots": "shots", "clips": "clips", "tracks": "people",
                 "references": "references", "subsets": "curation balance",
@@ -154,7 +183,7 @@ def schema_rows(only: str | None = None) -> list[dict]:
         if only and table != only:
             continue
         writers: dict[str, str] = {}
-        for op in REGISTRY.values():
+        for op in ops:
             if op.output_table == table:
                 for f in op.writes:
                     writers.setdefault(f.name, op.name)
@@ -166,7 +195,7 @@ def schema_rows(only: str | None = None) -> list[dict]:
                                           else backbone.get(table, "base schema"))
             rows.append({"table": table, "column": f.name, "type": str(f.type), "writer": who})
             seen.add(f.name)
-        for op in REGISTRY.values():
+        for op in ops:
             if op.output_table != table:
                 continue
             for f in op.writes:

@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -74,8 +73,20 @@ class StoreError(RuntimeError):
     pass
 
 
+class InvalidQuery(StoreError):
+    """A query the store cannot answer as asked: an unknown column, a value of the wrong type, an
+    unknown function (exit 2, like a predicate that does not parse)."""
+    exit_code = 2
+
+
 class LeaseHeld(StoreError):
     """Another run holds the store's lease."""
+    exit_code = 3
+
+
+class LeaseLost(StoreError):
+    """This run's lease was taken over by another run (this one was paused or cut off for longer
+    than the lease's staleness): it must not write again."""
     exit_code = 3
 
 
@@ -84,16 +95,9 @@ def sql_quote(value: str) -> str:
 
 
 def one_line(error: BaseException | str, limit: int = MAX_ERROR_CHARS) -> str:
-    """An error as one readable line: first non-empty line, no Rust source locations
-    (``/home/runner/.../x.rs:12:5``), no internal row-id columns, at most ``limit`` characters."""
-    text = str(error).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    if not line and isinstance(error, BaseException):
-        line = type(error).__name__
-    line = re.sub(r",?\s*(?:at\s+)?/?(?:[\w.\-]+/)+[\w.\-]+\.rs(?::\d+)*:?", "", line)
-    line = re.sub(r", _row\w+", "", line)
-    line = re.sub(r"\s+", " ", line).strip(" ,")
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    """An error as one readable line (see :func:`curation.failures.one_line`)."""
+    from curation.failures import one_line as line
+    return line(error, limit)
 
 
 def _clean(e: Exception) -> str:
@@ -109,8 +113,10 @@ def _is_conflict(e: BaseException) -> bool:
                                    "conflicting", "was modified", "too many concurrent"))
 
 
-def _retrying(what: str, fn: Callable[[], object]):
-    """Run ``fn`` (which opens the newest version itself), again after a commit conflict."""
+def _retrying(what: str, fn: Callable[[], object], uri: str = ""):
+    """Run ``fn`` (which opens the newest version itself), again after a commit conflict. Other
+    I/O errors name what was being written where (Lance's "No space left on device (os error 28)"
+    names no path)."""
     for i, delay in enumerate(RETRY_DELAYS + (None,)):
         try:
             return fn()
@@ -119,9 +125,16 @@ def _retrying(what: str, fn: Callable[[], object]):
                 if _is_conflict(e):
                     raise StoreError(f"{what}: gave up after {i + 1} commit conflicts: {one_line(e)}") \
                         from e
+                if uri and _is_io(e):
+                    raise StoreError(f"{what} ({uri}): {one_line(e)}") from e
                 raise
             log.debug("%s: commit conflict (%s), retry %d", what, one_line(e), i + 1)
             time.sleep(delay * random.uniform(0.5, 1.5))
+
+
+def _is_io(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, OSError) or "(os error" in text or "LanceError(IO)" in text
 
 
 class Store:
@@ -194,19 +207,8 @@ class Store:
     def _create_lock(self, table: str):
         """Serialise table creation on a local store (an flock on ``URI/.create.lock``). On an
         object store there is no lock: creators there rely on the run lease."""
-        if not self.is_local:
+        with _flocked(self, ".create.lock"):
             yield
-            return
-        import fcntl
-        root = self.uri.removeprefix("file://")
-        os.makedirs(root, exist_ok=True)
-        with open(os.path.join(root, ".create.lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
     def _create(self, table: str, data: pa.Table) -> bool:
         """Create ``table`` holding ``data``; False (nothing written) when it exists already."""
         schema = self._base_schema(table)
@@ -257,7 +259,7 @@ class Store:
             return (ds.merge_insert(key).when_matched_update_all().when_not_matched_insert_all()
                     .execute(rows)), ds
 
-        out, ds = _retrying(f"upsert into {table}", attempt)
+        out, ds = _retrying(f"upsert into {table}", attempt, self.table_uri(table))
         self._after_write(table, ds)
         return out
 
@@ -285,7 +287,7 @@ class Store:
             return (ds.merge_insert(key).when_matched_update_all().write_mode("rewrite_columns")
                     .execute(rows)), ds
 
-        out, ds = _retrying(f"annotate {table}", attempt)
+        out, ds = _retrying(f"annotate {table}", attempt, self.table_uri(table))
         self._after_write(table, ds)
         return out
 
@@ -306,8 +308,9 @@ class Store:
         _check_unique(data, list(self._key(table)), table)
         rows = _conform(data, pa.schema([ds.schema.field(n) for n in data.column_names]))
         from lance.fragment import write_fragments
-        return write_fragments(rows, ds, mode="append", storage_options=self.storage_options,
-                               data_storage_version=ds.data_storage_version)
+        return _retrying(f"write fragments of {table}", lambda: write_fragments(
+            rows, ds, mode="append", storage_options=self.storage_options,
+            data_storage_version=ds.data_storage_version), self.table_uri(table))
 
     def append(self, table: str, data: pa.Table | None = None, fragments: Sequence = (),
                replace_where: str | None = None) -> int:
@@ -346,7 +349,7 @@ class Store:
                                       storage_options=self.storage_options)
             return ds
 
-        ds = _retrying(f"write to {table}", attempt)
+        ds = _retrying(f"write to {table}", attempt, self.table_uri(table))
         self._after_write(table, ds)
         return created + sum(f.physical_rows for f in fragments)
 
@@ -368,7 +371,8 @@ class Store:
     def delete(self, table: str, where: str) -> None:
         if not self.exists(table):
             return
-        _retrying(f"delete from {table}", lambda: self.dataset(table).delete(where))
+        _retrying(f"delete from {table}", lambda: self.dataset(table).delete(where),
+                  self.table_uri(table))
 
     def ensure_indices(self, table: str) -> None:
         ds = self.dataset(table)
@@ -467,13 +471,30 @@ class Store:
         if columns:
             unknown = [c for c in columns if c not in ds.schema.names]
             if unknown:
-                raise StoreError(f"unknown column(s) in {table}: {', '.join(unknown)}; "
-                                 f"columns are: {', '.join(ds.schema.names)}")
+                raise InvalidQuery(f"unknown column(s) in {table}: {', '.join(unknown)}; "
+                                   f"columns are: {', '.join(ds.schema.names)}")
         try:
             return ds.to_table(columns=list(columns) if columns else None, filter=where,
                                limit=limit)
         except Exception as e:
-            raise StoreError(f"bad query on {table} ({_short(where)!r}): {_clean(e)}") from e
+            raise _query_error(e)(f"bad query on {table} ({_short(where)!r}): {_clean(e)}") from e
+
+    @staticmethod
+    def video_filter(video_ids: Sequence[str], extra: str | None = None) -> str:
+        """``video_id IN (...)`` for these videos, and ``extra`` (a predicate) when given."""
+        where = "video_id IN (" + ", ".join(sql_quote(v) for v in video_ids) + ")"
+        return f"({where}) AND ({extra})" if extra else where
+
+    def of_videos(self, table: str, video_ids: Sequence[str], columns: Sequence[str] | None = None,
+                  where: str | None = None, chunk: int = 1000) -> pa.Table:
+        """The rows of ``table`` of these videos (matching ``where``), ``chunk`` ids per query; an
+        empty table when there is no such table."""
+        if not self.exists(table) or not video_ids:
+            return pa.table({})
+        ids = list(video_ids)
+        parts = [self.query(table, where=self.video_filter(ids[i:i + chunk], where), columns=columns)
+                 for i in range(0, len(ids), chunk)]
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
     def query_blobs(self, table: str, blob: str, where: str | None = None,
                     columns: Sequence[str] = (), version: int | str | None = None) -> list[dict]:
@@ -544,13 +565,19 @@ class Store:
         try:
             return ds.count_rows(filter=where)
         except Exception as e:
-            raise StoreError(f"bad filter on {table} ({_short(where)!r}): {_clean(e)}") from e
+            raise _query_error(e)(f"bad filter on {table} ({_short(where)!r}): {_clean(e)}") from e
 
     def versions(self, table: str) -> list[dict]:
         return self.dataset(table).versions()
 
     def tags(self, table: str) -> dict:
         return self.dataset(table).tags.list()
+
+
+def _query_error(e: BaseException) -> type[StoreError]:
+    """Lance answers a predicate over an unknown column, a literal of the wrong type or an unknown
+    function with a ValueError ("Invalid user input: ..."): the query's fault (exit 2)."""
+    return InvalidQuery if isinstance(e, ValueError) else StoreError
 
 
 def _checked(where: str | None) -> str | None:
@@ -561,7 +588,7 @@ def _checked(where: str | None) -> str | None:
     try:
         return validate_where(where)
     except InvalidFilter as e:
-        raise StoreError(str(e)) from None
+        raise InvalidQuery(str(e)) from None
 
 
 def _short(text: str | None, n: int = 80) -> str:
@@ -634,20 +661,8 @@ class StoreLease:
         except (FileNotFoundError, OSError):
             pass
 
-    @contextlib.contextmanager
     def _locked(self):
-        if not self.store.is_local:
-            yield
-            return
-        import fcntl
-        root = self.store.uri.removeprefix("file://")
-        os.makedirs(root, exist_ok=True)
-        with open(os.path.join(root, "_lease.lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return _flocked(self.store, "_lease.lock")
 
     # -- state
     def is_stale(self, lease: dict, now: float | None = None) -> bool:
@@ -727,6 +742,20 @@ class StoreLease:
             except Exception as e:  # noqa: BLE001 - a missed beat is retried at the next one
                 log.debug("lease heartbeat failed: %s", one_line(e))
 
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` when this lease is no longer ours (see :class:`LeaseFence`)."""
+        if self.held:
+            try:
+                self.fence()
+            except LeaseLost:
+                self.lost = True
+                raise
+
+    @property
+    def fence(self) -> "LeaseFence":
+        """A picklable check of this lease, for whichever process commits (a worker, an actor)."""
+        return LeaseFence(self.store.uri, self.store.storage_options, self.token, self.stale_s)
+
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -747,6 +776,47 @@ class StoreLease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class LeaseFence:
+    """Called before every commit of a run: raises :class:`LeaseLost` when the lease is no longer
+    the run's (another run took it over while this one was paused or cut off past ``stale_s``, or
+    it was removed), so a holder that lost its lease stops before it writes again. Picklable: the
+    process that commits (the driver, a Ray worker or actor) checks it itself. Best effort: a pause
+    between this check and the commit that follows it is not fenced (commits are retried on
+    conflict in any case)."""
+
+    def __init__(self, store_uri: str, storage_options: dict | None, token: str, stale_s: float):
+        self.store_uri, self.storage_options = store_uri, storage_options
+        self.token, self.stale_s = token, stale_s
+
+    def __call__(self) -> None:
+        lease = StoreLease(Store(self.store_uri, self.storage_options), "?", self.stale_s)
+        cur = lease.read()
+        if cur and cur.get("token") == self.token:
+            return
+        who = f"run {cur.get('run_id')} (host {cur.get('host')}, pid {cur.get('pid')})" \
+            if cur else "another run (the lease file is gone)"
+        raise LeaseLost(f"the lease on store {self.store_uri} was taken over by {who} while this "
+                        f"run was paused or cut off for more than {self.stale_s:.0f} s; this run "
+                        f"stopped without writing again")
+
+
+@contextlib.contextmanager
+def _flocked(store: Store, name: str):
+    """An exclusive flock of ``<store>/NAME`` while the block runs (local stores only)."""
+    if not store.is_local:
+        yield
+        return
+    import fcntl
+    root = store.uri.removeprefix("file://")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, name), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _storage_options_from_env(uri: str) -> dict | None:

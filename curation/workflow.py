@@ -124,23 +124,25 @@ def _kind(step: Step) -> tuple:
 
 
 def check_weights(wf: Workflow, model_dir: str | None) -> None:
-    """Raise MissingWeightsError naming every step and model file that is missing."""
-    missing = missing_weights(wf, model_dir)
-    if missing:
-        listed = "; ".join(f"step {s!r} needs {p}" for s, p in missing)
-        raise MissingWeightsError(f"missing model file(s): {listed}")
+    """Raise MissingWeightsError naming every step and model file that is missing or does not look
+    loadable (empty, truncated, not its format: :mod:`curation.weights`), before any step runs."""
+    bad = weight_problems(wf, model_dir)
+    if bad:
+        listed = "; ".join(f"step {s!r} needs {p}" + ("" if what == "missing" else f" ({what})")
+                           for s, p, what in bad)
+        head = ("missing model file(s)" if all(w == "missing" for *_, w in bad)
+                else "model file(s) missing or not loadable")
+        raise MissingWeightsError(f"{head}: {listed}")
 
 
-def missing_weights(wf: Workflow, model_dir: str | None) -> list[tuple[str, str]]:
-    """(step, path) of every model file a step declares that is not in ``model_dir``."""
-    from pathlib import Path
-    out = []
-    for step in wf.steps:
-        for rel in step.make(model_dir).weight_files():
-            path = Path(model_dir or ".") / rel
-            if not model_dir or not path.is_file():
-                out.append((step.name, str(path) if model_dir else f"{rel} (no --models given)"))
-    return out
+def weight_problems(wf: Workflow, model_dir: str | None) -> list[tuple[str, str, str]]:
+    """(step, path, problem) of every model file a step declares that is missing from
+    ``model_dir`` or does not look loadable."""
+    from curation import weights
+    files = [(step.name, rel) for step in wf.steps for rel in step.make(model_dir).weight_files()]
+    return [(s, f"{p} (no --models given)" if what == "no --models given" else p,
+             "missing" if what in ("missing", "no --models given") else what)
+            for s, p, what in weights.problems(files, model_dir)]
 
 
 def _topo_order(steps: list[Step]) -> list[Step]:
@@ -194,14 +196,33 @@ def _find_cycle(steps: list[Step]) -> str:
 
 
 def load(path_or_text: str | Path, registry: dict[str, type[Operator]] | None = None) -> Workflow:
+    """A workflow from a YAML file or text, checked (see the module docstring)."""
     if registry is None:
         from operators import REGISTRY as registry
+    doc, text, source, stem = _read(path_or_text)
+    steps: list[Step] = []
+    for i, raw in enumerate(doc["steps"]):
+        steps.append(_step(raw, i, source, {s.name for s in steps}, registry))
+    names = {s.name for s in steps}
+    for s in steps:
+        for a in s.after:
+            if a not in names:
+                raise WorkflowError(f"step {s.name!r}: 'after' names unknown step {a!r}")
+    wf = Workflow(name=str(doc.get("name") or stem), steps=steps, filters=_filters(doc, source),
+                  text=text, description=str(doc.get("description") or ""))
+    _topo_order(steps)  # raises on a cycle
+    _check_inputs(wf)
+    _check_filters(wf)
+    return wf
+
+
+def _read(path_or_text: str | Path) -> tuple[dict, str, str, str]:
+    """(the YAML document, its text, where it came from, a default name)."""
     p = Path(path_or_text)
     if "\n" not in str(path_or_text) and p.suffix in (".yaml", ".yml"):
         if not p.exists():
             raise WorkflowError(f"workflow file not found: {p}")
-        text = p.read_text()
-        source = str(p)
+        text, source = p.read_text(), str(p)
     else:
         text, source = str(path_or_text), "<text>"
     try:
@@ -216,51 +237,47 @@ def load(path_or_text: str | Path, registry: dict[str, type[Operator]] | None = 
                             f"allowed: {', '.join(sorted(TOP_KEYS))}")
     if not doc.get("steps"):
         raise WorkflowError(f"{source}: no steps")
-    steps: list[Step] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(doc["steps"]):
-        if not isinstance(raw, dict) or "op" not in raw:
-            raise WorkflowError(f"{source}: step {i + 1} needs an 'op'")
-        bad = set(raw) - STEP_KEYS
-        name = str(raw.get("name", raw["op"]))
-        if bad:
-            raise WorkflowError(f"step {name!r}: unknown key(s) {', '.join(sorted(bad))}; "
-                                f"allowed: {', '.join(sorted(STEP_KEYS))}")
-        if name in seen:
-            raise WorkflowError(f"step {name!r} appears twice")
-        seen.add(name)
-        op = str(raw["op"])
-        if op not in registry:
-            raise WorkflowError(f"step {name!r}: unknown operator {op!r}; known operators: "
-                                f"{', '.join(sorted(registry))}")
-        after = raw.get("after") or []
-        if isinstance(after, str):
-            after = [after]
-        res = raw.get("resources") or {}
-        if set(res) - RESOURCE_KEYS:
-            raise WorkflowError(f"step {name!r}: unknown resource(s) "
-                                f"{', '.join(sorted(set(res) - RESOURCE_KEYS))}; "
-                                f"allowed: {', '.join(sorted(RESOURCE_KEYS))}")
-        for key in ("batch_size", "workers"):
-            if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)
-                               or raw[key] < 1):
-                raise WorkflowError(f"step {name!r}: {key} must be a positive integer, "
-                                    f"got {raw[key]!r}")
-        if not isinstance(raw.get("params") or {}, dict):
-            raise WorkflowError(f"step {name!r}: params must be a mapping")
-        step = Step(name=name, op=op, params=dict(raw.get("params") or {}), after=list(after),
-                    resources=dict(res), op_cls=registry[op], batch_size=raw.get("batch_size"),
-                    workers=raw.get("workers"))
-        try:
-            step.make()  # checks the parameter names; loads no model (setup() is not called)
-        except OperatorError as e:
-            raise WorkflowError(f"step {name!r}: {e}") from None
-        steps.append(step)
-    names = {s.name for s in steps}
-    for s in steps:
-        for a in s.after:
-            if a not in names:
-                raise WorkflowError(f"step {s.name!r}: 'after' names unknown step {a!r}")
+    return doc, text, source, p.stem
+
+
+def _step(raw, i: int, source: str, seen: set[str], registry: dict) -> Step:
+    """One step of the YAML, its keys, operator, resources, sizes and parameters checked."""
+    if not isinstance(raw, dict) or "op" not in raw:
+        raise WorkflowError(f"{source}: step {i + 1} needs an 'op'")
+    name, op = str(raw.get("name", raw["op"])), str(raw["op"])
+    bad = set(raw) - STEP_KEYS
+    if bad:
+        raise WorkflowError(f"step {name!r}: unknown key(s) {', '.join(sorted(bad))}; "
+                            f"allowed: {', '.join(sorted(STEP_KEYS))}")
+    if name in seen:
+        raise WorkflowError(f"step {name!r} appears twice")
+    if op not in registry:
+        raise WorkflowError(f"step {name!r}: unknown operator {op!r}; known operators: "
+                            f"{', '.join(sorted(registry))}")
+    after = raw.get("after") or []
+    res = raw.get("resources") or {}
+    if set(res) - RESOURCE_KEYS:
+        raise WorkflowError(f"step {name!r}: unknown resource(s) "
+                            f"{', '.join(sorted(set(res) - RESOURCE_KEYS))}; "
+                            f"allowed: {', '.join(sorted(RESOURCE_KEYS))}")
+    for key in ("batch_size", "workers"):
+        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool)
+                           or raw[key] < 1):
+            raise WorkflowError(f"step {name!r}: {key} must be a positive integer, "
+                                f"got {raw[key]!r}")
+    if not isinstance(raw.get("params") or {}, dict):
+        raise WorkflowError(f"step {name!r}: params must be a mapping")
+    step = Step(name=name, op=op, params=dict(raw.get("params") or {}),
+                after=[after] if isinstance(after, str) else list(after), resources=dict(res),
+                op_cls=registry[op], batch_size=raw.get("batch_size"), workers=raw.get("workers"))
+    try:
+        step.make()  # checks the parameter names; loads no model (setup() is not called)
+    except OperatorError as e:
+        raise WorkflowError(f"step {name!r}: {e}") from None
+    return step
+
+
+def _filters(doc: dict, source: str) -> list[Filter]:
     filters = []
     for i, f in enumerate(doc.get("filters") or []):
         if not isinstance(f, dict) or not f.get("where"):
@@ -271,11 +288,24 @@ def load(path_or_text: str | Path, registry: dict[str, type[Operator]] | None = 
         except ValueError as e:
             raise WorkflowError(f"filter {fname!r}: {e}") from None
         filters.append(Filter(name=fname, where=str(f["where"])))
-    wf = Workflow(name=str(doc.get("name") or p.stem), steps=steps, filters=filters, text=text,
-                  description=str(doc.get("description") or ""))
-    _topo_order(steps)  # raises on a cycle
-    _check_inputs(wf)
-    return wf
+    return filters
+
+
+def _check_filters(wf: Workflow) -> None:
+    """Every column a filter reads is a column of ``clips`` this workflow writes (or a base column):
+    a filter over a misspelt or absent column would only show as "not applied" in the funnel."""
+    from curation.sql import columns_of
+    from schemas import TABLES
+    have = set(TABLES["clips"].names)
+    for s in wf.steps:
+        if s.op_cls.output_table == "clips":
+            have.update(s.op_cls.writes.names)
+    for f in wf.filters:
+        unknown = sorted(columns_of(f.where) - have)
+        if unknown:
+            raise WorkflowError(f"filter {f.name!r} reads {', '.join(unknown)}, which is not a "
+                                f"column of clips that this workflow writes; see `curation "
+                                f"schema clips`")
 
 
 def _check_inputs(wf: Workflow) -> None:

@@ -4,7 +4,9 @@
 speak/listen audio features per frame, reference images at the frame size with their kind and
 sub-index, the text); :func:`collate` stacks prepared samples into a :class:`Batch`. A sample that
 cannot be used raises :class:`SampleError` (one line: which clip, why); the trainer skips it with a
-warning and takes the next one, which keeps runs deterministic.
+warning and takes the next one, which keeps runs deterministic. A padding sample of ClipStream
+(``pad`` True: a repeated window that keeps every rank's batch the same size) gets ``weight`` 0 in
+the :class:`Batch`, and the losses leave it out.
 
 :class:`MouthSource` yields the same dicts for synthetic "mouth" videos whose truth is known by
 construction: a white ellipse (the mouth) on a dark background of a random colour, whose height follows
@@ -45,6 +47,7 @@ class Batch:
     ref_subs: torch.Tensor | None = None    # (B, K) sub-index j within the type
     ref_valid: torch.Tensor | None = None   # (B, K) bool
     clip_ids: list = field(default_factory=list)
+    weight: torch.Tensor | None = None      # (B,) 1.0 for a real sample, 0.0 for padding (None: all 1)
 
     @property
     def size(self) -> int:
@@ -91,13 +94,14 @@ def prepare(sample: dict, spec: DataSpec) -> dict:
 
 def collate(items: list[dict]) -> Batch:
     """Stack prepared samples; frames are cropped to the shortest (1 + r*k keeps holding), references
-    padded to the largest count with ``ref_valid`` False."""
+    padded to the largest count with ``ref_valid`` False; ``weight`` from the items' (default 1)."""
     t = min(it["frames"].shape[1] for it in items)
     k = max(len(it["refs"]) for it in items)
     batch = Batch(frames=torch.stack([it["frames"][:, :t] for it in items]),
                   speak=torch.stack([it["speak"][:t] for it in items]),
                   listen=torch.stack([it["listen"][:t] for it in items]),
-                  texts=[it["text"] for it in items], clip_ids=[it["clip_id"] for it in items])
+                  texts=[it["text"] for it in items], clip_ids=[it["clip_id"] for it in items],
+                  weight=torch.tensor([float(it.get("weight", 1.0)) for it in items]))
     if k:
         blank = torch.zeros_like(items[0]["frames"][:, :1])
         batch.refs = torch.stack([torch.stack(it["refs"] + [blank] * (k - len(it["refs"])))
@@ -248,7 +252,7 @@ class Batches:
         while len(items) < self.batch_size:
             sample = next(self._it)
             try:
-                items.append(self.prepare(sample))
+                items.append({**self.prepare(sample), "weight": 0.0 if sample.get("pad") else 1.0})
                 bad = 0
             except SampleError as e:
                 self.skipped, bad = self.skipped + 1, bad + 1

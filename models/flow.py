@@ -94,7 +94,10 @@ def flow_loss(model, vae, batch, spec: FlowSpec, gen: torch.Generator, r: int):
     valid = None if ref_lat is None else batch.ref_valid & refs_on.bool()[:, None]
     v = model(x_t, t, texts, speak, listen, speak_on, listen_on, ref_lat, batch.ref_types,
               batch.ref_subs, valid)
-    weight = (t > 0).float()[:, None, :, None, None].expand_as(z)
+    weight = (t > 0).float()
+    if batch.weight is not None:                  # 0 for a padding sample: out of the loss
+        weight = weight * batch.weight.to(dev)[:, None]
+    weight = weight[:, None, :, None, None].expand_as(z)
     loss = ((v.float() - (z - noise)) ** 2 * weight).sum() / weight.sum().clamp(min=1)
     return loss, {"dropped_first": k, "cond_first": float(cond.float().mean())}
 

@@ -65,7 +65,7 @@ class VaeTask:
         return self
 
     def loss(self, model, batch, gen):
-        return model.loss(batch.frames, gen, self.cfg.train.kl_weight)
+        return model.loss(batch.frames, gen, self.cfg.train.kl_weight, batch.weight)
 
 
 def make_task(cfg: Config):

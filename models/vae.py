@@ -129,13 +129,18 @@ class CausalVAE3D(nn.Module):
         h = self.dec_time(h)[:, :, (self.temporal - 1 if first else 0):]
         return self.dec_space(h)
 
-    def loss(self, x: torch.Tensor, generator, kl_weight: float = 1e-4):
-        """(loss, metrics): L1 + MSE reconstruction of a posterior sample plus ``kl_weight`` * KL."""
+    def loss(self, x: torch.Tensor, generator, kl_weight: float = 1e-4, weight: torch.Tensor | None = None):
+        """(loss, metrics): L1 + MSE reconstruction of a posterior sample plus ``kl_weight`` * KL;
+        with ``weight`` (B,) each term is a mean over samples weighted by it (0: a padding sample)."""
         mean, logvar = self.moments(x)
         z = mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype) * (0.5 * logvar).exp()
         rec = self.decode(z)
-        l1, mse = (rec - x).abs().mean(), (rec - x).pow(2).mean()
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+        avg = lambda e: e.mean()
+        if weight is not None and not bool((weight == 1).all()):
+            w = weight.to(x.device, x.dtype)
+            avg = lambda e: (e.flatten(1).mean(1) * w).sum() / w.sum().clamp(min=1e-12)
+        l1, mse = avg((rec - x).abs()), avg((rec - x).pow(2))
+        kl = avg(0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar))
         return l1 + mse + kl_weight * kl, {"l1": float(l1.detach()), "mse": float(mse.detach()),
                                                    "kl": float(kl.detach())}
 

@@ -30,29 +30,9 @@ import pyarrow as pa
 
 from curation.media import FrameSpec, MediaError, load_audio, local_path
 from curation.operator import Operator, OperatorError, Param, Resources
+from curation.tracks import face_boxes_at, nearest, track_of
 
 FPS = 25.0
-
-
-def track_boxes_at(times: np.ndarray, track: dict, max_gap_s: float) -> np.ndarray:
-    """(len(times), 4) face boxes (display px) of ``track`` at ``times``: the track's nearest frame
-    with a face within ``max_gap_s``, NaN where there is none."""
-    tt = np.asarray(track.get("frame_times_s") or [], np.float64)
-    fb = track.get("face_boxes") or []
-    have = np.array([b is not None and len(b) == 4 and np.all(np.isfinite(np.asarray(b, np.float64)))
-                     for b in fb], bool) if len(fb) else np.zeros(0, bool)
-    out = np.full((len(times), 4), np.nan)
-    if not have.any():
-        return out
-    ft = tt[: len(have)][have]
-    boxes = np.asarray([b for b, h in zip(fb, have) if h], np.float64)
-    j = np.clip(np.searchsorted(ft, times), 1, len(ft) - 1) if len(ft) > 1 else np.zeros(len(times), int)
-    if len(ft) > 1:
-        left = np.abs(times - ft[j - 1]) <= np.abs(times - ft[j])
-        j = np.where(left, j - 1, j)
-    ok = np.abs(ft[j] - times) <= max_gap_s
-    out[ok] = boxes[j[ok]]
-    return out
 
 
 def fill_gaps(boxes: np.ndarray) -> np.ndarray:
@@ -62,11 +42,7 @@ def fill_gaps(boxes: np.ndarray) -> np.ndarray:
     if not ok.any():
         return boxes
     idx = np.where(ok)[0]
-    pos = np.arange(len(boxes))
-    nearest = idx[np.clip(np.searchsorted(idx, pos), 0, len(idx) - 1)]
-    prev = idx[np.clip(np.searchsorted(idx, pos, side="right") - 1, 0, len(idx) - 1)]
-    pick = np.where(np.abs(prev - pos) <= np.abs(nearest - pos), prev, nearest)
-    return boxes[pick]
+    return boxes[idx[nearest(idx, np.arange(len(boxes)), np.inf)]]
 
 
 def face_span(video: dict, row: dict, frames, max_gap_s: float, what: str, margin: int = 0,
@@ -80,11 +56,10 @@ def face_span(video: dict, row: dict, frames, max_gap_s: float, what: str, margi
     names the step in errors."""
     if not video.get("has_audio"):
         raise OperatorError(f"no audio stream: {what} need the soundtrack")
-    tracks = {t["track_id"]: t for t in video.get("tables", {}).get("tracks", [])}
-    track = tracks.get(row.get("track_id"))
+    track = track_of(video, row)
     if track is None:
         raise OperatorError(f"track {row.get('track_id')!r} of this clip not found")
-    boxes = track_boxes_at(frames.times, track, max_gap_s)
+    boxes = face_boxes_at(track, frames.times, max_gap_s)
     has_face = np.all(np.isfinite(boxes), axis=1)
     if not has_face.any():
         return has_face, None, None, None
@@ -108,8 +83,26 @@ def face_span(video: dict, row: dict, frames, max_gap_s: float, what: str, margi
     return has_face, seg, fill_gaps(boxes[seg]) * frames.scale, pcm
 
 
+def track_crops(frames, seg: slice, boxes: np.ndarray) -> np.ndarray:
+    """The ASD crops (operators.nets.asd.asd_crops) of ``frames.images[seg]`` with ``boxes``, made
+    once per decoded span for every step of a fused group that reads them (``asd`` and ``sync``:
+    ``Frames.derived``, keyed by the span and the boxes)."""
+    import hashlib
+
+    from operators.nets.asd import asd_crops
+    key = ("asd_crops", seg.start, seg.stop, hashlib.sha1(np.ascontiguousarray(boxes).tobytes()).hexdigest())
+    derived = getattr(frames, "derived", None)
+    if derived is None:
+        return asd_crops(frames.images[seg], boxes)
+    if key not in derived:
+        derived[key] = asd_crops(frames.images[seg], boxes)
+    return derived[key]
+
+
 class Asd(Operator):
     name = "asd"
+    summary = ("person clips: LR-ASD / Light-ASD active-speaker logits, probabilities and sync gain "
+               "per frame (25 fps face crops, MFCC of the voice)")
     version = "2"   # 2: AVA weights by default, asd_sync_gain; audio on the file's timeline
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"
@@ -144,7 +137,7 @@ class Asd(Operator):
         self.net = asd_net.ActiveSpeakerNet(self.model_dir, self.p["network"], self.p["checkpoint"])
 
     def process_row(self, video: dict, row: dict, frames) -> dict:
-        from operators.nets.asd import SAMPLES_PER_FRAME, SYNC_SHIFTS, asd_crops
+        from operators.nets.asd import SAMPLES_PER_FRAME, SYNC_SHIFTS
         margin = max(SYNC_SHIFTS)
         has_face, seg, boxes, pcm = face_span(video, row, frames, float(self.p["max_gap_s"]),
                                               "active-speaker scores", margin=margin, voice=True)
@@ -153,7 +146,7 @@ class Asd(Operator):
         logits, prob, gain = (np.full(n, np.nan, np.float32) for _ in range(3))
         if seg is not None:
             own = pcm[margin * SAMPLES_PER_FRAME:][: (seg.stop - seg.start + 1) * SAMPLES_PER_FRAME]
-            scores = self.net.score(asd_crops(frames.images[seg], boxes), own)
+            scores = self.net.score(track_crops(frames, seg, boxes), own)
             logits[seg], prob[seg] = scores.logits, scores.prob
             t = scores.n_scored
             g = np.full(seg.stop - seg.start, np.nan, np.float32)

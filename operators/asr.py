@@ -19,16 +19,13 @@ import pyarrow as pa
 from curation.media import MediaError, load_audio, local_path
 from curation.operator import Operator, OperatorError, Param, Resources
 
-WORD = pa.struct([("word", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()),
-                  ("prob", pa.float32())])
-SENTENCE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string()),
-                      ("confidence", pa.float32()), ("avg_logprob", pa.float32()),
-                      ("no_speech_prob", pa.float32()), ("complete", pa.bool_()),
-                      ("words", pa.list_(WORD))])
+from schemas.labels import SENTENCE, WORD  # noqa: F401 - WORD: the type of SENTENCE's words
 
 
 class Asr(Operator):
     name = "asr"
+    summary = ("Whisper (faster-whisper / CTranslate2 on the converted checkpoint, or openai-whisper: "
+               "runtime) with word times, sentence units split on punctuation")
     version = "3"   # 2: presentation timeline; 3: CTranslate2 runtime (asr_backend names it)
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.vocals_uri", "videos.separation_ran")
@@ -65,7 +62,7 @@ class Asr(Operator):
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
         if not video.get("has_audio"):
             return [{"asr_sentences": [], "asr_text": "", "asr_language": None,
-                     "asr_source": "no-audio", "asr_backend": "no-audio"}]
+                     "asr_language_prob": None, "asr_source": "no-audio", "asr_backend": "no-audio"}]
         vocals = bool(self.p["use_vocals"]) and video.get("separation_ran") and video.get("vocals_uri")
         uri, source = (video["vocals_uri"], "vocals") if vocals else (video["uri"], "mix")
         with local_path(uri) as path:

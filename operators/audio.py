@@ -18,6 +18,8 @@ SAMPLE_RATE = 16000
 
 class Audio(Operator):
     name = "audio"
+    summary = ("16 kHz mono audio (PyAV, in-process), voice activity (silero-vad, model in its "
+               "wheel)")
     version = "3"   # 3: audio on the file's presentation timeline (2: the ONNX VAD)
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.duration_s")

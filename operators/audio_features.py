@@ -37,6 +37,8 @@ def group_states(states: list[np.ndarray]) -> np.ndarray:
 
 class AudioFeatures(Operator):
     name = "audio_features"
+    summary = ("Whisper-encoder features for the trainer: every hidden state, 5 groups (mean), 50 Hz, "
+               "float16 (LongCat §3.2)")
     version = "1"
     input_table = output_table = "videos"
     reads = ("videos.has_audio",)

@@ -56,6 +56,7 @@ def clip_audio(audio: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
 
 class AudioVariants(Operator):
     name = "audio_variants"
+    summary = "person clips: speaker-only and listener-only WAVs, per-frame speak/listen audio mask"
     version = "2"   # 2: silence where the audio stream does not reach; the file's timeline
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"

@@ -80,6 +80,7 @@ import pyarrow as pa
 
 from curation.media import FrameSpec, Frames, MediaError, load_audio, local_path
 from curation.operator import Operator, OperatorError, Param, Resources
+from curation.tracks import FRAME_TIMES, in_span
 from operators.nets import omni
 from schemas.taxonomy import LISTENER_FIELDS, TAG_KEYS
 
@@ -142,9 +143,9 @@ def _to_video_time(spans, start_s: float):
 
 def span_boxes(track: dict, column: str, start_s: float, end_s: float) -> np.ndarray:
     """The track's finite boxes (K, 4) of ``column`` on its frames in [start_s, end_s)."""
-    times = np.asarray(track.get("frame_times_s") or [], np.float64)
+    times = np.asarray(track.get(FRAME_TIMES) or [], np.float64)
     boxes = track.get(column) or []
-    keep = [i for i, t in enumerate(times[: len(boxes)]) if start_s - 1e-6 <= t < end_s - 1e-6]
+    keep = np.flatnonzero(in_span(times[: len(boxes)], start_s, end_s))
     out = [np.asarray(boxes[i], np.float64) for i in keep if boxes[i] is not None]
     out = [b for b in out if b.shape == (4,) and np.all(np.isfinite(b))]
     return np.stack(out) if out else np.zeros((0, 4))
@@ -226,6 +227,8 @@ def record_to_row(record: dict, start_s: float, backend: str) -> dict:
 
 class Captions(Operator):
     name = "captions"
+    summary = ("shot clips: Qwen-Omni scene class, dense / summary / span captions, tags (local "
+               "transformers or an OpenAI-compatible endpoint)")
     version = "1"
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'shot' OR clip_kind IS NULL"
@@ -328,12 +331,6 @@ class Captions(Operator):
         """The output columns of one captioned clip (``req``: the request it was captioned from)."""
         return record_to_row(record, float(row["start_s"]), self.net.backend)
 
-    def process_row(self, video: dict, row: dict, frames: Frames) -> dict:
-        out = self.process_rows([(video, row, frames)])[0]
-        if isinstance(out, BaseException):
-            raise out
-        return out
-
     def process_rows(self, items: list[tuple[dict, dict, Frames]]) -> list:
         """All rows of the call go to the backend at once (``caption_many``); per-row errors stay
         per row (an Exception in the returned list)."""
@@ -389,6 +386,9 @@ class Captions(Operator):
 
 class CaptionsConversation(Captions):
     name = "captions_conversation"
+    summary = ("person clips: the same about the clip's own track (named by its place and size in "
+               "the frame), aligned to the ASR sentence units, listener captions, the two-judgement "
+               "silent check")
     version = "2"   # 2: the instruction names the clip's track (caption_subject), not the most prominent person
     input_filter = "clip_kind = 'person'"
     reads = Captions.reads + ("clips.transcript_segments", "clips.role", "clips.frame_states",

@@ -12,6 +12,7 @@ def overlap(segments: list[dict], start: float, end: float) -> float:
 
 class ClipSpeech(Operator):
     name = "clip_speech"
+    summary = "voice activity share of each clip"
     version = "1"
     input_table = output_table = "clips"
     reads = ("videos.speech_segments", "videos.has_audio", "clips.start_s", "clips.end_s")

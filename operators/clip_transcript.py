@@ -10,11 +10,12 @@ from __future__ import annotations
 import pyarrow as pa
 
 from curation.operator import Operator, Param, Resources
-from operators.asr import SENTENCE
+from schemas.labels import SENTENCE
 
 
 class ClipTranscript(Operator):
     name = "clip_transcript"
+    summary = "the sentence units inside each clip"
     version = "1"
     input_table = output_table = "clips"
     reads = ("clips.start_s", "clips.end_s", "videos.asr_sentences")

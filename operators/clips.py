@@ -31,6 +31,7 @@ def split_span(start: float, end: float, min_s: float, max_s: float) -> list[tup
 
 class Clips(Operator):
     name = "clips"
+    summary = "candidate shot clips from shots"
     version = "2"
     input_table = "shots"
     output_table = "clips"

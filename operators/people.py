@@ -76,6 +76,7 @@ import pyarrow as pa
 
 from curation.media import FrameSpec, Frames, crop_boxes
 from curation.operator import Operator, OperatorError, Param, Resources
+from curation.tracks import nearest
 from operators.nets.face_detector import YUNET_FILE
 from operators.nets.face_finder import FaceFinder
 from operators.nets.face_landmarks import (FACE_FILE, HAND_CROP, HAND_FILE, HandLandmarks, person_region,
@@ -94,6 +95,9 @@ _F32 = pa.float32()
 
 class People(Operator):
     name = "people"
+    summary = ("person boxes (YOLOX-nano ONNX / ultralytics YOLO), ByteTrack, faces (MediaPipe "
+               "FaceLandmarker, then YuNet + MediaPipe's mesh for the faces it misses, docs/faces.md: "
+               "mouth, jawOpen, head pose, visibility) at face_fps and hands, static flag, composition")
     version = "5"   # 3: ids VIDEO:SHOT:tK; 4: presentation timeline; 5: YuNet (face_source), face_fps
     input_table = "shots"
     output_table = "tracks"
@@ -183,13 +187,13 @@ class People(Operator):
                                    box_min_score=float(self.p["box_min_score"]))
         self.hand_net = HandLandmarks(self.model_dir)
 
-    # ---- the worker's entry points ------------------------------------------------------------
-    def process_row(self, video: dict, row: dict, frames: Frames) -> list[dict]:
-        out = self.process_rows([(video, row, frames)])[0]
-        if isinstance(out, BaseException):
-            raise out
-        return out
+    def teardown(self) -> None:
+        for net in (getattr(self, "face_net", None), getattr(self, "hand_net", None)):
+            if net is not None:
+                net.close()   # MediaPipe's graphs and their threads
+        self.face_net = self.hand_net = None
 
+    # ---- the worker's entry points ------------------------------------------------------------
     def process_rows(self, items: list[tuple[dict, dict, Frames]]) -> list:
         """Detection over the detection frames of all items in one batched call; the rest per item
         (each shot given to its :class:`ShotTracks` as one chunk)."""
@@ -342,7 +346,7 @@ class ShotTracks:
                                    "boxes": np.concatenate(pc["boxes"]),
                                    "face": fill_faces(np.concatenate(pc["face"]), t, measured),
                                    "score": float(rows[:, 5].mean()),
-                                   "hands": np.asarray(pc["hand_counts"], np.int8)[_nearest(t, slots)],
+                                   "hands": np.asarray(pc["hand_counts"], np.int8)[nearest(slots, t, np.inf)],
                                    "pixel_change": float(np.percentile(np.asarray(pc["diffs"]), 90))
                                    if pc["diffs"] else math.nan})
                     assert len(tracks[-1]["boxes"]) == n
@@ -469,16 +473,6 @@ def _new_slots(slots: np.ndarray, pc: dict, key: str) -> np.ndarray:
     if len(slots):
         pc[key] = int(slots[-1])
     return np.flatnonzero(slots != prev)
-
-
-def _nearest(times: np.ndarray, sampled: np.ndarray) -> np.ndarray:
-    """For each of ``times`` (sorted), the index of the nearest of ``sampled`` (sorted; the first
-    on a tie): argmin |times[:, None] - sampled[None, :]| along 1 without the n x m matrix."""
-    j = np.clip(np.searchsorted(sampled, times), 1, max(1, len(sampled) - 1))
-    if len(sampled) == 1:
-        return np.zeros(len(times), int)
-    left, right = np.abs(times - sampled[j - 1]), np.abs(times - sampled[j])
-    return np.where(left <= right, j - 1, j)
 
 
 # ---- helpers (pure functions) -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, Param, Resources
+from curation.tracks import FRAME_TIMES, has_face, in_span
 from schemas import CLIPS
 
 _COLUMNS = ("clip_id", "video_id", "shot_index", "clip_index", "clip_kind", "track_id", "start_s", "end_s",
@@ -24,6 +25,7 @@ _COLUMNS = ("clip_id", "video_id", "shot_index", "clip_index", "clip_kind", "tra
 
 class PersonClips(Operator):
     name = "person_clips"
+    summary = "one person clip per non-static track with a face per shot clip span"
     version = "1"
     input_table = "tracks"
     output_table = "clips"
@@ -48,17 +50,16 @@ class PersonClips(Operator):
             if track.get("is_static") or track.get("start_s") is None:
                 continue
             k = track["track_id"].rsplit(":", 1)[1]
-            times = np.asarray(track.get("frame_times_s") or [], np.float64)
-            has_face = np.array([b is not None and np.all(np.isfinite(np.asarray(b, np.float64)))
-                                 for b in track.get("face_boxes") or []], bool)
+            times = np.asarray(track.get(FRAME_TIMES) or [], np.float64)
+            face = has_face(track)
             for clip in sorted(shot_clips, key=lambda c: c["clip_id"]):
                 if clip.get("shot_index") != track.get("shot_index"):
                     continue
                 a, b = max(clip["start_s"], track["start_s"]), min(clip["end_s"], track["end_s"])
                 if b - a < float(self.p["min_duration_s"]) - 1e-9:
                     continue
-                inside = (times >= a - 1e-6) & (times < b - 1e-6)
-                if not inside.any() or has_face[inside].mean() < float(self.p["min_face_ratio"]):
+                inside = in_span(times, a, b)
+                if not inside.any() or face[inside].mean() < float(self.p["min_face_ratio"]):
                     continue
                 out.append({"clip_id": f"{clip['clip_id']}:{k}", "video_id": video["video_id"],
                             "shot_index": clip["shot_index"], "clip_index": clip.get("clip_index"),

@@ -27,6 +27,8 @@ ON_CORRUPT = ("error", "flag")
 
 class Probe(Operator):
     name = "probe"
+    summary = ("container and stream facts in-process (PyAV), every frame decoded to catch "
+               "truncation and corruption")
     version = "2"   # 2: PyAV in-process, full decode check, decode facts
     input_table = output_table = "videos"
     writes = pa.schema([VIDEOS.field(c) for c in _PROBE_COLUMNS])

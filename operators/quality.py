@@ -38,6 +38,7 @@ _DIFF_SCALE = 4            # frame differences at 1/4 of the reference scale (ig
 
 class Quality(Operator):
     name = "quality"
+    summary = "frame quality scores at 2 fps"
     version = "1"
     input_table = "clips"
     output_table = "clips"

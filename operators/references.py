@@ -4,7 +4,8 @@ written as JPEG blobs to the ``references`` table.
 One input row = one track (operators/people.py; its span is decoded once, at ``FPS`` = 4 frames per
 second and the video's native size, our choice: enough candidates for every kind, at native pixels).
 Tracks without a person clip (``clips.clip_kind = 'person'``, operators/person_clips.py) give nothing.
-Per-frame signals come from the track frame nearest in time (tracks are at 25 fps; within ``MATCH_S``).
+Per-frame signals come from the track frame nearest in time (curation.tracks; tracks are at 25 fps;
+within ``MATCH_S``).
 The choice of frames is operators/nets/views.py's:
 
 - ``global`` (per person clip, ``clip_id`` set): ``n_outside`` frames of the same track at least
@@ -50,6 +51,7 @@ import pyarrow as pa
 
 from curation.media import FrameSpec, Frames, crop_boxes
 from curation.operator import Operator, OperatorError, Param, Resources
+from curation.tracks import FRAME_TIMES, nearest
 from operators.nets import emotieff, fer
 from operators.nets.views import (MIN_SOURCE_SIDE, _centrality, _unit, choose_expressions, choose_global,
                                   choose_views, theta_from_yaw, view_class)
@@ -83,18 +85,6 @@ COLUMNS = [
     pa.field("source_height", pa.int32()),
     pa.field("label_backend", pa.string()),    # expression references: the network that labelled it
 ]
-
-
-def nearest_index(track_times: np.ndarray, times: np.ndarray, match_s: float = MATCH_S) -> np.ndarray:
-    """Index of the track frame nearest to each of ``times``; -1 when none within ``match_s``."""
-    t = np.asarray(track_times, np.float64)
-    times = np.asarray(times, np.float64)
-    if len(t) == 0:
-        return np.full(len(times), -1)
-    j = np.clip(np.searchsorted(t, times), 0, len(t) - 1)
-    prev = np.clip(j - 1, 0, len(t) - 1)
-    j = np.where(np.abs(t[prev] - times) < np.abs(t[j] - times), prev, j)
-    return np.where(np.abs(t[j] - times) <= match_s, j, -1)
 
 
 def _per_frame(values, n: int, width: int = 0) -> np.ndarray:
@@ -178,6 +168,8 @@ def jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
 class References(Operator):
     name = "references"
+    summary = ("JPEG reference images per track: global (inside + outside each person clip), 1-4 "
+               "views by head yaw, expressions from >= 1080p sources (LPM §2.4)")
     version = "1"
     input_table = "tracks"
     output_table = "references"
@@ -288,7 +280,7 @@ class TrackReferences:
         p = op.p
         n = len(self.times)
         self.src = (int(video["width"]), int(video["height"]))
-        j = nearest_index(row.get("frame_times_s") or [], self.times)
+        j = nearest(row.get(FRAME_TIMES) or [], self.times, MATCH_S)
         n_track = len(row.get("frame_times_s") or [])
         self.person = _take(_per_frame(row.get("person_boxes"), n_track, 4), j)
         self.face = _take(_per_frame(row.get("face_boxes"), n_track, 4), j)

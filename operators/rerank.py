@@ -30,7 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, Param, Resources
-from operators.speaker_states import STATES
+from curation.tracks import nearest
+from schemas.labels import STATES
 from schemas import SPANS
 
 FRAME_S = 0.04
@@ -97,6 +98,8 @@ def spans_of(mask: np.ndarray, times: np.ndarray) -> list[dict]:
 
 class Rerank(Operator):
     name = "rerank"
+    summary = ("person clips: smoothing, persistence, one speaker at a time, overlaps excluded, "
+               "roles")
     version = "2"   # 2: speakers compared by sync gain
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"
@@ -223,8 +226,8 @@ class Rerank(Operator):
                 for j in range(len(times)):
                     if j == i or not len(times[j]):
                         continue
-                    m = int(np.argmin(np.abs(times[j] - t)))
-                    if abs(times[j][m] - t) <= FRAME_S / 2 and states[j][m] == SPEAK:
+                    m = int(nearest(times[j], t, FRAME_S / 2)[0])
+                    if m >= 0 and states[j][m] == SPEAK:
                         rivals.append(score[j][m, col])
                 if not rivals:
                     continue

@@ -59,6 +59,8 @@ def union(a: list[dict], b: list[dict]) -> list[dict]:
 
 class Separation(Operator):
     name = "separation"
+    summary = ("Spleeter 2-stem (or Demucs) vocals where music/noise is measured, voice activity on "
+               "them")
     version = "3"   # 3: vocals on the file's presentation timeline
     input_table = output_table = "videos"
     reads = ("videos.has_audio", "videos.speech_segments", "videos.vad_backend")
@@ -108,6 +110,7 @@ class Separation(Operator):
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
         if not video.get("has_audio"):
             return [{"separation_ran": False, "separation_reason": "no audio stream",
+                     "music_ratio": None, "accompaniment_db": None, "vocals_uri": None,
                      "voice_segments": [], "voice_source": "no-audio", "separation_backend": None}]
         from operators.nets import audio_scene
         from operators.nets.spleeter import read_audio, resample

@@ -27,6 +27,7 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
 
 class ShotPeople(Operator):
     name = "shot_people"
+    summary = "person / face-person / static counts per shot, crowd flag"
     version = "1"
     input_table = "shots"
     output_table = "shots"

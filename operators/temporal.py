@@ -377,6 +377,7 @@ def classify_camera(pan: float, tilt: float, zoom: float, shake: float, static_s
 # ---- the operator --------------------------------------------------------------------------------
 class Temporal(Operator):
     name = "temporal"
+    summary = "jump cuts, duplicated frames, transitions, motion, camera motion, every frame"
     version = "3"
     input_table = "clips"
     output_table = "clips"
@@ -532,7 +533,8 @@ class Temporal(Operator):
             if est is not None and dt > 0:
                 vel.append((est[0] / diag / dt, est[1] / diag / dt, est[2] / dt))
         if not vel:
-            return {}                                # no trackable texture: camera unknown
+            return dict.fromkeys(("camera_motion", "camera_pan_speed", "camera_tilt_speed",
+                                  "camera_zoom_rate", "camera_shake"))   # no texture: unknown
         v = np.asarray(vel)
         # the camera moves opposite to the picture content
         pan, tilt = -float(np.median(v[:, 0])), -float(np.median(v[:, 1]))

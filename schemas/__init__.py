@@ -170,6 +170,7 @@ STATUS = pa.schema([
     pa.field("params_hash", pa.string()),
     pa.field("ok", pa.bool_()),
     pa.field("error", pa.string()),
+    pa.field("failure", pa.string()),   # kind of failure (curation.failures.POLICY), null when ok
     pa.field("rows", pa.int32()),
     pa.field("seconds", pa.float64()),
     pa.field("run_id", pa.string()),

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# an operator that forgets a declared column fails its test instead of writing null
+# (curation.operator.STRICT_COLUMNS; inherited by Ray workers and the CLI in subprocesses)
+os.environ["CURATION_STRICT_COLUMNS"] = "1"
+
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = Path(os.environ.get("CURATION_MEDIA", ROOT.parent / "shared" / "media"))
 MODELS = Path(os.environ.get("CURATION_MODELS", ROOT.parent / "shared" / "models"))
@@ -89,17 +93,28 @@ def conversation_store(tmp_path_factory, media, models):
 
 @pytest.fixture(scope="session")
 def composite_store(tmp_path_factory, media, models):
-    """The conversation workflow on vr_face2 and the COMPOSITES (who speaks is known by how they
-    were built), as conversation_store runs it."""
+    """The conversation workflow's label steps (LABEL_STEPS: conversation.yaml's steps, params and
+    filters up to rerank) on vr_face2 and the COMPOSITES (who speaks is known by how they were
+    built), as conversation_store runs it. The steps after the labels (audio variants, Whisper,
+    transcripts) are tested on conversation_store and change nothing the composite tests read."""
+    import yaml
     d = tmp_path_factory.mktemp("composites")
     comps = [_composite(media, d / f"composite_{k}.mp4", *v[:3]) for k, v in COMPOSITES.items()]
-    return _conversation_run(d, [media / "vr_face2.mp4", *comps], models)
+    wf = yaml.safe_load((ROOT / "workflows" / "conversation.yaml").read_text())
+    wf["steps"] = [s for s in wf["steps"] if s["name"] in LABEL_STEPS]
+    assert {s["name"] for s in wf["steps"]} == set(LABEL_STEPS)
+    (d / "conversation_labels.yaml").write_text(yaml.safe_dump(wf, sort_keys=False))
+    return _conversation_run(d, [media / "vr_face2.mp4", *comps], models, d / "conversation_labels.yaml")
 
 
-def _conversation_run(d: Path, files: list[Path], models):
+LABEL_STEPS = ("probe", "shots", "audio", "clips", "people", "shot_people", "person_clips", "separation",
+               "asd", "sync", "speaker_states", "rerank")
+
+
+def _conversation_run(d: Path, files: list[Path], models, workflow: Path = ROOT / "workflows" / "conversation.yaml"):
     from curation.store import Store
     st = Store(str(d / "store"))
-    cmd = [str(Path(sys.executable).parent / "curation"), "run", str(ROOT / "workflows" / "conversation.yaml"),
+    cmd = [str(Path(sys.executable).parent / "curation"), "run", str(workflow),
            "--store", str(d / "store"), "--models", str(models), "--local"]
     run = subprocess.run(cmd + [x for f in files for x in ("--input", str(f))], capture_output=True,
                          text=True, timeout=1200)
@@ -132,6 +147,166 @@ def which_ffmpeg() -> str:
     if not exe:
         pytest.fail("ffmpeg not on PATH (make test installs it)")
     return exe
+
+
+@pytest.fixture(scope="session")
+def tiny_videos(tmp_path_factory) -> list[Path]:
+    """Eight distinct 1 s 160x120 H.264 videos (made once per session)."""
+    d = tmp_path_factory.mktemp("tiny")
+    out = []
+    for i in range(8):
+        f = d / f"tiny{i}.mp4"
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+                        f"testsrc=size=160x120:rate=25,hue=h={40 * i}", "-t", "1", "-c:v", "libx264",
+                        "-pix_fmt", "yuv420p", str(f)], check=True)
+        out.append(f)
+    return out
+
+
+class CliResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """``curation.cli.main`` in this process (the installed command's code path, no start-up cost):
+    ``cli("query", "--store", ...)`` returns its exit code, stdout and stderr."""
+    import sys
+
+    def call(*args) -> CliResult:
+        from curation.cli import main
+        capsys.readouterr()
+        old = sys.argv
+        sys.argv = ["curation", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            sys.argv = old
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+    return call
+
+
+# ---- one local OpenAI-compatible endpoint (Qwen-Omni over vLLM stands in) -------------------------
+class FakeOpenAI:
+    """A local ``/v1/chat/completions`` endpoint on 127.0.0.1 (a free port): ``url``.
+
+    The last text part of a request may carry ``MODE:<name>`` (default ``ok``). Every answer takes
+    ``sleep_s`` (so requests overlap); ``timeout`` takes 3 s. ``answer(text, content, mode, hit)``
+    (``hit``: the how-manieth request of that mode) returns the completion's text, or one of
+    ``DROP`` (the connection closes, no status line), ``GARBAGE`` (HTTP 200, not JSON), ``HTTP400``;
+    ``NO_LOGPROBS`` in ``no_logprobs`` modes leaves the token log-probabilities out (an endpoint
+    without them). Records ``hits`` per mode, every request ``bodies`` (and ``last_body`` per mode)
+    and the largest number of requests in flight."""
+    DROP, GARBAGE, HTTP400 = "<drop>", "<garbage>", "<http400>"
+
+    def __init__(self, answer, sleep_s: float = 0.3, logprob: float = -0.01,
+                 no_logprobs: tuple[str, ...] = ()):
+        import threading
+        from http.server import ThreadingHTTPServer
+        self.answer, self.sleep_s, self.logprob, self.no_logprobs = answer, sleep_s, logprob, no_logprobs
+        self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
+        self.hits: dict[str, int] = {}
+        self.bodies: list[dict] = []
+        self.last_body: dict[str, dict] = {}
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def respond(self, handler, body: dict) -> None:
+        import json
+        import re
+        content = body["messages"][1]["content"]
+        text = content[-1]["text"]
+        m = re.search(r"MODE:(\w+)", text)
+        mode = m.group(1) if m else "ok"
+        with self.lock:
+            self.hits[mode] = hit = self.hits.get(mode, 0) + 1
+            self.bodies.append(body)
+            self.last_body[mode] = body
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if not handler.wait(3.0 if mode == "timeout" else self.sleep_s):
+                return   # the client closed the connection (its timeout): no longer in flight
+            out = self.answer(text, content, mode, hit)
+            if out == self.DROP:
+                handler.drop()
+            elif out in (self.GARBAGE, self.HTTP400):
+                handler.send(*((200, b"<html>502 upstream \x00\xff garbage") if out == self.GARBAGE
+                               else (400, b'{"error": "bad request"}')))
+            else:
+                choice = {"index": 0, "message": {"role": "assistant", "content": out},
+                          "finish_reason": "stop"}
+                if mode not in self.no_logprobs:
+                    toks = [out[i:i + 3] for i in range(0, len(out), 3)]
+                    choice["logprobs"] = {"content": [{"token": t, "logprob": self.logprob}
+                                                      for t in toks]}
+                handler.send(200, json.dumps({"choices": [choice]}).encode())
+        except OSError:
+            pass   # the client gave up (timeout): nothing to answer
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _handler(server: FakeOpenAI):
+    import json
+    import select
+    import socket
+    import time
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            server.respond(self, json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+        def wait(self, seconds) -> bool:
+            """Sleep; False as soon as the client has closed its end."""
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                if select.select([self.connection], [], [], 0.02)[0] and \
+                        not self.connection.recv(1, socket.MSG_PEEK):
+                    return False
+            return True
+
+        def drop(self):
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)   # no status line: a dropped connection
+
+        def send(self, code: int, data: bytes):
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+    return Handler
+
+
+@pytest.fixture
+def fake_openai():
+    """``fake_openai(answer, **kw)`` starts a :class:`FakeOpenAI` (closed after the test)."""
+    servers: list[FakeOpenAI] = []
+
+    def start(answer, **kw) -> FakeOpenAI:
+        servers.append(FakeOpenAI(answer, **kw))
+        return servers[-1]
+    yield start
+    for s in servers:
+        s.close()
 
 
 # ---- the bundled model (tests/models/) -----------------------------------------------------------

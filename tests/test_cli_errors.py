@@ -27,28 +27,6 @@ def _cli(*args, timeout=300):
     return subprocess.run([CURATION, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
-class _Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-def _main(capsys, *args):
-    """``curation.cli.main`` in this process (same code path, no start-up cost)."""
-    from curation.cli import main
-    capsys.readouterr()
-    old = sys.argv
-    sys.argv = ["curation", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return _Result(code, out.out, out.err)
-
-
 def _one_error_line(r, code=None):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr[-2000:]
@@ -76,38 +54,39 @@ def clip_store(tmp_path_factory, media):
     return d
 
 
-def test_malformed_where_exits_non_zero_with_one_line(clip_store, capsys):
+def test_malformed_where_exits_non_zero_with_one_line(clip_store, cli):
     store = clip_store / "store"
     r = _cli("query", "--store", store, "--table", "clips", "--where", "duration_s > 1 AN x")
     line = _one_error_line(r, 2)
     assert line.startswith("error: invalid filter 'duration_s > 1 AN x': unexpected 'AN'")
     assert r.stdout == ""
-    r = _main(capsys, "sample", "--store", store, "--where", "speech_ratio > 0.5 AN sharpness > 1000",
+    r = cli("sample", "--store", store, "--where", "speech_ratio > 0.5 AN sharpness > 1000",
               "-n", "1", "--out", clip_store / "never")
     assert "unexpected 'AN'" in _one_error_line(r, 2) and not (clip_store / "never").exists()
-    ok = _main(capsys, "query", "--store", store, "--table", "clips", "--where", "duration_s > 1",
+    ok = cli("query", "--store", store, "--table", "clips", "--where", "duration_s > 1",
                "--columns", "clip_id", "--format", "csv")
     assert ok.returncode == 0 and len(ok.stdout.splitlines()) == 1 + Store(str(store)).count("clips")
 
 
-def test_errors_are_one_bounded_line_without_rust_paths(clip_store, tmp_path, capsys):
+def test_errors_are_one_bounded_line_without_rust_paths(clip_store, tmp_path, cli):
     store = clip_store / "store"
-    # Lance's own error for an unknown column carries a Rust source path
-    line = _one_error_line(_main(capsys, "query", "--store", store, "--where", "nope = 1"), 1)
+    # Lance's own error for an unknown column carries a Rust source path; an unknown column is the
+    # query's fault: exit 2, as a predicate that does not parse (issue 13)
+    line = _one_error_line(cli("query", "--store", store, "--where", "nope = 1"), 2)
     assert "No field named nope" in line
     # 100 KB predicates: malformed (ours), and well-formed over an unknown column (Lance's error)
     terms = ", ".join(str(i) for i in range(15_000))
-    assert len(_one_error_line(_main(capsys, "query", "--store", store, "--where",
+    assert len(_one_error_line(cli("query", "--store", store, "--where",
                                      f"duration_s IN ({terms}) AN x"), 2)) <= 300
-    assert len(_one_error_line(_main(capsys, "query", "--store", store, "--where",
-                                     f"nope IN ({terms})"), 1)) <= 300
+    assert len(_one_error_line(cli("query", "--store", store, "--where",
+                                     f"nope IN ({terms})"), 2)) <= 300
     # usage error, unknown table, missing store, unknown column
-    assert "--format" in _one_error_line(_main(capsys, "query", "--store", store, "--format", "xml"), 2)
-    assert "unknown table" in _one_error_line(_main(capsys, "schema", "nope"), 1)
-    assert "not found" in _one_error_line(_main(capsys, "query", "--store", tmp_path / "none"), 1)
+    assert "--format" in _one_error_line(cli("query", "--store", store, "--format", "xml"), 2)
+    assert "unknown table" in _one_error_line(cli("schema", "nope"), 1)
+    assert "not found" in _one_error_line(cli("query", "--store", tmp_path / "none"), 1)
     assert not (tmp_path / "none").exists()
-    assert "unknown column" in _one_error_line(_main(capsys, "query", "--store", store,
-                                                     "--columns", "x,y"), 1)
+    assert "unknown column" in _one_error_line(cli("query", "--store", store,
+                                                     "--columns", "x,y"), 2)
 
 
 @pytest.mark.slow

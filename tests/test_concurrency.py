@@ -110,20 +110,9 @@ def test_heartbeat_keeps_a_lease_fresh_and_wait_waits(tmp_path):
     waiter.release()
 
 
-def _tiny_videos(d: Path, n: int) -> list[Path]:
-    out = []
-    for i in range(n):
-        f = d / f"tiny{i}.mp4"
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
-                        f"testsrc=size=160x120:rate=25,hue=h={40 * i}", "-t", "1", "-c:v", "libx264",
-                        "-pix_fmt", "yuv420p", str(f)], check=True)
-        out.append(f)
-    return out
-
-
 @pytest.mark.slow
-def test_a_second_run_exits_with_one_line_or_waits(tmp_path):
-    vids = _tiny_videos(tmp_path, 2)
+def test_a_second_run_exits_with_one_line_or_waits(tmp_path, tiny_videos):
+    vids = tiny_videos[:2]
     wf = tmp_path / "probe.yaml"
     wf.write_text(PROBE_ONLY)
     st = Store(str(tmp_path / "s"))
@@ -147,8 +136,8 @@ def test_a_second_run_exits_with_one_line_or_waits(tmp_path):
 
 
 @pytest.mark.slow
-def test_concurrent_runs_with_wait_all_complete_repeatedly(tmp_path):
-    vids = _tiny_videos(tmp_path, 3)
+def test_concurrent_runs_with_wait_all_complete_repeatedly(tmp_path, tiny_videos):
+    vids = tiny_videos[:3]
     wf = tmp_path / "probe.yaml"
     wf.write_text(PROBE_ONLY)
     store = tmp_path / "s"
@@ -178,10 +167,10 @@ def _library_run(uri: str, inputs: list[str], out) -> None:
 
 
 @pytest.mark.slow
-def test_concurrent_runs_without_the_lease_still_lose_nothing(tmp_path):
+def test_concurrent_runs_without_the_lease_still_lose_nothing(tmp_path, tiny_videos):
     """Library use (no CLI, no lease): three runners at once on a new store; commits conflict and
     are retried."""
-    vids = [str(v) for v in _tiny_videos(tmp_path, 3)]
+    vids = [str(v) for v in tiny_videos[:3]]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [ctx.Process(target=_library_run, args=(str(tmp_path / "s"), vids, q)) for _ in range(3)]

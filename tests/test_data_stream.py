@@ -24,24 +24,37 @@ def synth(tmp_path_factory):
 
 
 def keys(batch):
-    return [(s["clip_id"], round(s["start_s"], 4)) for s in batch]
+    return [(s["clip_id"], round(s["start_s"], 4), s["pad"]) for s in batch]
 
 
-def global_batches(uri, world, seed, epochs=1, **kw):
-    """Every global step's windows, ranks' shares put together in rank order."""
+def once_each(batches, expected: int):
+    """Every window not padding is in the epoch exactly once; ``expected`` of them."""
+    real = [k[:2] for b in batches for k in b if not k[2]]
+    assert len(real) == len(set(real)) == expected, (len(real), len(set(real)), expected)
+    return set(real)
+
+
+def global_steps(uri, world, seed, epochs=1, **kw):
+    """Every global step's samples, ranks' shares put together in rank order."""
     kw.setdefault("window_s", 1.0)
     per_rank = [list(ClipStream(uri, seed=seed, rank=r, world_size=world, epochs=epochs,
                                 **kw).iter_steps()) for r in range(world)]
     steps = {len(p) for p in per_rank}
     assert len(steps) == 1, f"ranks have different step counts: {steps}"
-    return [sum((keys(p[s]) for p in per_rank), []) for s in range(steps.pop())]
+    return [sum((p[s] for p in per_rank), []) for s in range(steps.pop())]
+
+
+def global_batches(uri, world, seed, epochs=1, **kw):
+    """Every global step's windows (clip, start, pad)."""
+    return [keys(b) for b in global_steps(uri, world, seed, epochs, **kw)]
 
 
 def test_samples_follow_the_contract_and_come_from_the_right_place(synth):
     uri, tones = synth
     stream = ClipStream(uri, window_s=1.0, seed=0, epochs=1)
-    seen = 0
+    seen, pads = 0, []
     for x in stream:
+        pads.append(x["pad"])
         T = len(x["frames"])
         assert x["frames"].dtype == np.uint8 and x["frames"].shape == (25, syn.H, syn.W, 3)
         assert x["fps"] == 25.0 and isinstance(x["clip_id"], str) and isinstance(x["text"], str)
@@ -70,7 +83,8 @@ def test_samples_follow_the_contract_and_come_from_the_right_place(synth):
             assert not a.any()
         assert x["audio_features"] is None and x["references"] == []
         seen += 1
-    assert seen == 18   # 21 windows of 1 s; 3 global steps of 6; 3 spares
+    assert seen == 6 * stream.steps_per_epoch() and seen - sum(pads) == len(stream.windows) == 23
+    assert 0 < sum(pads) < 6 * 3               # one short batch per frame size, filled with repeats
     assert "caption" in stream.text_missing
 
 
@@ -80,19 +94,15 @@ def test_same_global_batches_on_any_world_size_and_every_window_once(synth, seed
     ref = global_batches(uri, 1, seed)
     for world in (2, 3):
         assert global_batches(uri, world, seed) == ref
-    flat = [k for b in ref for k in b]
-    assert len(flat) == len(set(flat))                            # no window twice in an epoch
-    plan = ClipStream(uri, window_s=1.0, seed=seed).plan(0)
-    assert len(flat) + sum(map(len, plan.spares.values())) == 23  # all but the spares
+    once_each(ref, 23)                                            # every window once, plus padding
     assert all(len(b) % 6 == 0 for b in ref)
+    assert all(not k[2] for b in ref[:-1] for k in b)             # padding only in the last batch
 
 
 def test_epochs_differ_and_world_size_must_divide_the_batch(synth):
     uri, _ = synth
-    two = global_batches(uri, 2, 0, epochs=2)
-    n = ClipStream(uri, window_s=1.0, seed=0).steps_per_epoch()
-    assert two[:n] != two[n:]                                     # reshuffled
-    assert sorted(sum(two[:n], [])) != sorted(sum(two[n:], [])) or two[:n] != two[n:]
+    s = ClipStream(uri, window_s=1.0, seed=0)
+    assert s.plan(0).batches != s.plan(1).batches                 # reshuffled (the stream follows its plan)
     with pytest.raises(StreamError, match="does not divide"):
         ClipStream(uri, window_s=1.0, rank=0, world_size=4)
 
@@ -129,11 +139,15 @@ def _name(clip_id: str) -> str:
 def test_online_rejections_are_replaced_deterministically_for_the_expected_reasons(synth, profile):
     uri, _ = synth
     kw = dict(profile=profile, verdicts=False)
-    ref = global_batches(uri, 1, 5, **kw)
+    steps = global_steps(uri, 1, 5, **kw)
+    ref = [keys(b) for b in steps]
     assert global_batches(uri, 3, 5, **kw) == ref                   # replacements are topology-free
     assert len(ref) == ClipStream(uri, window_s=1.0, seed=5).steps_per_epoch()   # same step count
+    rejected = sum(len(starts) for _, starts in EXPECTED.values())
+    real = once_each(ref, 23 - rejected)              # each passing window once, replacements are padding
+    assert not any(_name(c) in EXPECTED and t in EXPECTED[_name(c)][1] for c, t in real)
     reasons = {}
-    for x in ClipStream(uri, epochs=1, window_s=1.0, seed=5, **kw):
+    for x in (x for b in steps for x in b):
         assert not (_name(x["clip_id"]) in EXPECTED and x["start_s"] in EXPECTED[_name(x["clip_id"])][1])
         for r in x["replaced"]:
             reasons[(_name(r["clip_id"]), r["start_s"])] = r["reason"].split(":")[0]
@@ -166,8 +180,8 @@ def test_offline_validate_writes_verdicts_and_the_loader_plans_without_them(synt
     # the loader leaves the rejected windows out: every kept window exactly once, nothing replaced
     stream = ClipStream(uri, window_s=1.0, seed=2, profile=profile, epochs=1, divisible_by=1,
                         batch_windows=1)
-    seen = [(x["clip_id"], x["start_s"], x["replaced"]) for x in stream]
-    assert len(seen) == len({s[:2] for s in seen}) == out["kept"] and not any(s[2] for s in seen)
+    seen = [(x["clip_id"], x["start_s"], x["replaced"], x["pad"]) for x in stream]
+    assert len(seen) == len({s[:2] for s in seen}) == out["kept"] and not any(s[2] or s[3] for s in seen)
     shown = CliRunner().invoke(app, ["show", "--store", uri, [r["clip_id"] for r in rows
                                                             if r["failed_check"] == "border"][0]])
     assert "border bars cover 0.333" in shown.stdout
@@ -188,16 +202,17 @@ def test_dataloader_workers_give_the_same_steps_and_resume(synth):
     uri, _ = synth
     kw = dict(window_s=1.0, seed=4, epochs=2, rank=1, world_size=2)
     ref = [_batch_digest(collate(b)) for b in ClipStream(uri, **kw).iter_steps()]
+    n = ClipStream(uri, **kw).steps_per_epoch()
     loader = make_loader(ClipStream(uri, **kw), num_workers=2)
     got, state = [], None
     for i, b in enumerate(loader):
         got.append(_batch_digest(b))
-        if i == 3:
+        if i == n:                                                 # the first step of epoch 1
             state = loader.state_dict()
     assert got == ref and state["step"] == 1 and state["epoch"] == 1
     resumed = make_loader(ClipStream(uri, **kw), num_workers=0)
     resumed.load_state_dict(state)
-    assert [_batch_digest(b) for b in resumed] == ref[4:]
+    assert [_batch_digest(b) for b in resumed] == ref[n + 1:]
 
 
 def digest(batch) -> str:
@@ -212,12 +227,13 @@ def test_resume_after_a_kill_on_another_world_size_gives_the_same_later_batches(
     """Killed after a random step (and at an epoch boundary), with online rejections replaced on the
     way, resumed on 3 ranks from the state of rank 0 of 2."""
     uri, _ = synth
-    kw = dict(window_s=1.0, seed=3, epochs=3, profile=profile, verdicts=False)
+    kw = dict(window_s=1.0, seed=3, epochs=2, profile=profile, verdicts=False)
     steps = list(ClipStream(uri, **kw).iter_steps())
     full = [digest(b) for b in steps]
-    assert sum(len(x["replaced"]) for b in steps[3:] for x in b) >= 3   # rejections after the stops
+    n = ClipStream(uri, **kw).steps_per_epoch()
+    assert sum(len(x["replaced"]) for b in steps[n:] for x in b) >= 3   # rejections after the stops
     rng = random.Random(0)
-    for stop in sorted({rng.randrange(4, len(full)), 3}):          # at an epoch boundary, and later
+    for stop in sorted({rng.randrange(n + 1, len(full)), n}):      # at an epoch boundary, and later
         s = ClipStream(uri, rank=0, world_size=2, **kw)
         it = iter(s)
         for _ in range(stop * 3):                                  # rank 0 has 3 samples a step
@@ -238,8 +254,10 @@ def test_a_window_whose_video_is_gone_is_replaced_with_a_one_line_reason(tmp_pat
     (tmp_path / "media" / "b.mkv").unlink()
     got = [x for x in ClipStream(uri, window_s=1.0, seed=0, epochs=1, divisible_by=2, batch_windows=2)]
     assert len(got) == 4 and {x["clip_id"] for x in got} == {"v000_a:0:0"}
+    assert sorted(x["start_s"] for x in got if not x["pad"]) == [0.0, 1.0]  # a's windows once each
     tried = [r for x in got for r in x["replaced"]]       # both b windows, maybe one twice
     assert {r["clip_id"] for r in tried} == {"v001_b:0:0"} and len(tried) >= 2
+    assert all(x["pad"] == bool(x["replaced"]) for x in got)   # the replacements are padding
     assert all(r["reason"].startswith("error: ") and "b.mkv" in r["reason"] and "\n" not in r["reason"]
                for r in tried)
 

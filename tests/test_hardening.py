@@ -33,6 +33,10 @@ BAD = {
     "duration_s + 1": "is a value, not a condition",
     "duration_s > (SELECT 1)": "sub-queries are not supported",
     "   ": "empty predicate",
+    # issue 13: a comment silently dropped the rest; 300 parentheses exhausted the recursion
+    "duration_s > 100 -- AND garbage": "SQL comments ('--', '/* */') are not allowed",
+    "duration_s > 1 /* AND x */": "SQL comments",
+    "(" * 300 + "duration_s > 1" + ")" * 300: "nested 300 parentheses deep (at most 64)",
 }
 GOOD = [
     "duration_s > 1 AND (has_audio = true OR NOT variable_fps)",
@@ -48,7 +52,8 @@ GOOD = [
     "`duration_s` >= 1.5",
     "fps * duration_s > 100",
     "has_audio",
-    "duration_s > 1 -- a comment",
+    "uri = 'a -- b' OR uri LIKE '%/*%'",
+    "(" * 20 + "duration_s > 1" + ")" * 20,
 ]
 
 

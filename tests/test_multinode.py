@@ -84,13 +84,17 @@ while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline
     time.sleep(0.5)
 from operators import REGISTRY
 wf = load(WORKFLOW, registry={**REGISTRY, "where_model": WhereModel, "where_cpu": WhereCpu})
-store = Store(store_dir)
-summary = Runner(wf, store, workers=2).run(files)
+engines = {}
+for engine in ("scheduler", "raydata"):   # both engines on the same cluster, a store each
+    store = Store(f"{store_dir}-{engine}")
+    summary = Runner(wf, store, workers=2, engine=engine).run(files)
+    engines[engine] = {
+        "rows": store.query("videos", columns=["uri", "duration_s", "model_node", "cpu_node",
+                                               "error"]).to_pylist(),
+        "steps": {s.step: [s.done, s.failed_videos] for s in summary.steps}}
 nodes = [{"id": n["NodeID"], "alive": n["Alive"], "resources": n["Resources"]} for n in ray.nodes()]
-rows = store.query("videos", columns=["uri", "duration_s", "model_node", "cpu_node", "error"]).to_pylist()
 print("RESULT " + json.dumps({
-    "driver_node": ray.get_runtime_context().get_node_id(), "nodes": nodes, "rows": rows,
-    "steps": {s.step: [s.done, s.failed_videos] for s in summary.steps}}))
+    "driver_node": ray.get_runtime_context().get_node_id(), "nodes": nodes, "engines": engines}))
 '''
 
 
@@ -211,7 +215,7 @@ def test_model_step_lands_on_the_node_with_the_resource(cluster, media, tmp_path
     files = [str(media / name) for name in CLIPS]
     env = {**cluster["env"], "RAY_ADDRESS": cluster["address"]}
     p = subprocess.run([sys.executable, str(script), str(tmp_path / "store"), *files],
-                       capture_output=True, text=True, env=env, timeout=180, cwd=str(ROOT))
+                       capture_output=True, text=True, env=env, timeout=300, cwd=str(ROOT))
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     assert p.returncode == 0 and line, (p.stdout + p.stderr)[-3000:]
     r = json.loads(line[-1][len("RESULT "):])
@@ -223,11 +227,12 @@ def test_model_step_lands_on_the_node_with_the_resource(cluster, media, tmp_path
     other = next(n["id"] for n in alive if n["id"] != accel[0])
     assert r["driver_node"] == other          # the driver joined the head, not the resource's node
 
-    assert r["steps"] == {"probe": [3, 0], "where_cpu": [3, 0], "where_model": [3, 0]}
-    rows = {Path(x["uri"]).name: x for x in r["rows"]}
-    assert set(rows) == set(CLIPS)
-    for name, row in rows.items():
-        assert row["error"] is None, row
-        assert row["duration_s"] and row["duration_s"] > 1.0            # probe really ran
-        assert row["model_node"] == accel[0], (name, row, r["nodes"])   # only where the resource is
-        assert row["cpu_node"] in {n["id"] for n in alive}             # anywhere
+    for engine, got in r["engines"].items():
+        assert got["steps"] == {"probe": [3, 0], "where_cpu": [3, 0], "where_model": [3, 0]}, engine
+        rows = {Path(x["uri"]).name: x for x in got["rows"]}
+        assert set(rows) == set(CLIPS)
+        for name, row in rows.items():
+            assert row["error"] is None, row
+            assert row["duration_s"] and row["duration_s"] > 1.0            # probe really ran
+            assert row["model_node"] == accel[0], (engine, name, row)      # only where it is
+            assert row["cpu_node"] in {n["id"] for n in alive}             # anywhere

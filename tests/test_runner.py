@@ -149,7 +149,7 @@ def test_large_emitted_rows_are_written_by_the_worker_as_fragments(tmp_path, med
     """Emitted rows over the inline limit are Lance fragments the worker writes; the driver commits
     their metadata only. The store ends the same as with everything inline, and a re-run replaces
     the rows instead of adding to them."""
-    import curation.runner as runner_mod
+    import curation.worker as worker_mod
     clip = media / "fr_short_hamilton_clip.mp4"
     inline = Store(str(tmp_path / "inline"))
     _run(inline, CLIPS, [clip])
@@ -162,7 +162,7 @@ def test_large_emitted_rows_are_written_by_the_worker_as_fragments(tmp_path, med
         written.append((table, data.num_rows, out is not None))
         return out
 
-    monkeypatch.setattr(runner_mod, "INLINE_BYTES", 0)
+    monkeypatch.setattr(worker_mod, "INLINE_BYTES", 0)
     monkeypatch.setattr(Store, "write_fragments", spy)
     st = Store(str(tmp_path / "fragments"))
     _run(st, CLIPS, [clip])

@@ -14,7 +14,7 @@ import pyarrow as pa
 from curation.audit import funnel
 from curation.audit.clip import plain
 from curation.sql import validate_where
-from curation.store import Store, StoreError, sql_quote
+from curation.store import Store, StoreError
 
 # Columns on a grid card when the clips table has them (the sort column is added).
 GRID_COLUMNS = ("clip_id", "video_id", "clip_kind", "track_id", "start_s", "end_s", "duration_s",
@@ -81,6 +81,5 @@ def _ms(a: float, b: float) -> float:
 def _video_names(store: Store, video_ids: set[str]) -> dict[str, str]:
     if not video_ids or not store.exists("videos"):
         return {}
-    where = f"video_id IN ({', '.join(sql_quote(v) for v in sorted(video_ids))})"
-    rows = store.query("videos", where=where, columns=["video_id", "uri"]).to_pylist()
+    rows = store.of_videos("videos", sorted(video_ids), ["video_id", "uri"]).to_pylist()
     return {r["video_id"]: os.path.basename(r["uri"] or "") for r in rows}

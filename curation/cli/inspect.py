@@ -126,9 +126,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("schema")
     def schema_cmd(table: Optional[str] = typer.Argument(None, help="One table (default: all)."),
-                   markdown: bool = typer.Option(False, "--markdown", help="Markdown tables.")):
+                   markdown: bool = typer.Option(False, "--markdown", help="Markdown tables."),
+                   operators: bool = typer.Option(False, "--operators", help="The operators "
+                                                  "instead: rows in -> out, what each computes.")):
         """The columns of each table, their types and the operator that writes them."""
-        from curation.stats import schema_rows
+        from curation.stats import operator_rows, schema_rows
+        if operators:
+            _print_operators(operator_rows(), markdown)
+            return
         rows = schema_rows(table)
         if markdown:
             current = None
@@ -144,6 +149,20 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             view.add_row(r["table"], r["column"], r["type"], r["writer"])
         console().print(view)
+
+
+def _print_operators(rows: list[dict], markdown: bool) -> None:
+    if markdown:
+        print("| op | rows in -> out | what it computes |\n|---|---|---|")
+        for r in rows:
+            print(f"| {r['op']} | {r['rows']} | {r['summary']} |")
+        return
+    view = Table()
+    for c in ("op", "rows in -> out", "what it computes"):
+        view.add_column(c)
+    for r in rows:
+        view.add_row(r["op"], r["rows"], r["summary"])
+    console().print(view)
 
 
 def _print_states(con, store: str, clip: dict) -> None:

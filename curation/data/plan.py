@@ -13,14 +13,19 @@ where ours is kept):
    windows of one bucket as fill ``batch_tokens`` (frames x height x width), rounded down to a
    multiple of ``divisible_by`` (so every rank of a world size dividing it gets the same number of
    windows). At the end of the epoch what is left in the buckets of one frame size is sorted by
-   length and cut into batches of ``divisible_by`` neighbours (padded to the longest); fewer than
-   ``divisible_by`` windows per frame size are left over, the epoch's *spares* (not yielded; they
-   replace rejected windows first, and change every epoch).
+   length and cut into batches of ``divisible_by`` neighbours (padded to the longest); the last
+   batch of a frame size, when fewer than ``divisible_by`` windows are left for it, is filled up
+   with *padding*: repeats of its neighbours in length (the windows just before it in that order,
+   or its own windows when there are none), marked in ``EpochPlan.pads`` (the sample says
+   ``pad``: give it weight 0). So every window of the selection is in exactly one slot of the
+   epoch that is not padding, and every global batch still splits evenly over the ranks.
 3. A rank takes its contiguous share of each global batch; DataLoader worker k of K takes the steps
    s with s % K == k; the DataLoader's round-robin puts them back in step order.
 
-A rejected window's replacement is a pure function too (``replacements``): the bucket's spares,
-then the bucket's windows, in an order seeded by (seed, epoch, step, slot).
+A window rejected on its decoded frames is replaced by a pure function too (``replacements``): the
+bucket's other windows in an order seeded by (seed, epoch, step, slot); the replacement is padding
+as well (it is yielded once more somewhere in the epoch), so step counts never change and no window
+is counted twice.
 """
 from __future__ import annotations
 
@@ -54,9 +59,9 @@ class Window:
 class EpochPlan:
     epoch: int
     batches: list[list[int]]          # global batches (indices into the window list), in step order
-    spares: dict[tuple, list[int]]    # bucket -> windows not scheduled this epoch
     bucket_of: list[tuple]            # bucket of each window
-    padding: float = 0.0              # padded share of the frames of the scheduled batches
+    pads: dict[int, set] = field(default_factory=dict)   # step -> slots that repeat a window (padding)
+    padding: float = 0.0              # padded share of the frames: shorter windows and pad slots
     per_bucket: dict = field(default_factory=dict)
 
 
@@ -129,9 +134,10 @@ def epoch_plan(windows: list[Window], seed: int, epoch: int, batch_tokens: int |
         if len(filling[b]) == sizes[b]:
             batches.append(filling[b])
             filling[b] = []
-    spares = _tails(windows, filling, divisible_by, batches)
-    plan = EpochPlan(epoch, batches, spares, bucket_of)
-    plan.padding = padding_fraction([[windows[i].frames for i in b] for b in batches])
+    plan = EpochPlan(epoch, batches, bucket_of)
+    plan.pads = _tails(windows, filling, divisible_by, batches)
+    plan.padding = padding_fraction([[0 if k in plan.pads.get(s, ()) else windows[i].frames
+                                      for k, i in enumerate(b)] for s, b in enumerate(batches)])
     plan.per_bucket = {b: {"windows": len(m), "batch": sizes[b]} for b, m in members.items()}
     return plan
 
@@ -139,23 +145,29 @@ def epoch_plan(windows: list[Window], seed: int, epoch: int, batch_tokens: int |
 def _tails(windows: list[Window], filling: dict, divisible_by: int, batches: list) -> dict:
     """The windows left in the buckets at the end of an epoch: per frame size, sorted by length
     (then by their place in the epoch), cut into batches of ``divisible_by`` neighbours in length
-    (a little padding instead of leaving them out); fewer than ``divisible_by`` per frame size are
-    the spares. Returns {bucket: spares}."""
+    (a little padding instead of leaving them out); the last one, when short, is filled up with
+    repeats of the windows before it in that order (none longer than its own: no extra length
+    padding), or of its own windows. Returns the pad slots, {step: {slot, ...}}."""
     by_size: dict[tuple, list[int]] = {}
     for b in sorted(filling):
         by_size.setdefault(b[:2], []).extend(filling[b])
-    spares: dict[tuple, list[int]] = {b: [] for b in filling}
+    pads: dict[int, set] = {}
     for size in sorted(by_size):
         rest = sorted(by_size[size], key=lambda i: windows[i].frames)   # stable: epoch order kept
-        cut = (len(rest) // divisible_by) * divisible_by
-        batches.extend(rest[k:k + divisible_by] for k in range(0, cut, divisible_by))
-        for i in rest[cut:]:
-            spares[bucket_key(windows[i])].append(i)
-    return spares
+        for k in range(0, len(rest), divisible_by):
+            part = rest[k:k + divisible_by]
+            missing = divisible_by - len(part)
+            if missing:
+                fill = rest[:k][::-1] or part
+                pads[len(batches)] = set(range(len(part), divisible_by))
+                part = part + [fill[j % len(fill)] for j in range(missing)]
+            batches.append(part)
+    return pads
 
 
 def padding_fraction(batches: list[list[int]]) -> float:
-    """Share of padded frames when each batch is padded to its longest window."""
+    """Share of padded frames when each batch (the lengths of its windows, 0 for a pad slot) is
+    padded to its longest window."""
     total = sum(max(b) * len(b) for b in batches if b)
     real = sum(sum(b) for b in batches)
     return 0.0 if not total else 1.0 - real / total
@@ -169,18 +181,13 @@ def rank_share(batch: list[int], rank: int, world_size: int) -> list[int]:
 
 def replacements(plan: EpochPlan, seed: int, step: int, slot: int, window: int,
                  n_windows: int) -> list[int]:
-    """Candidates, in order, to replace window ``window`` at ``slot`` of global batch ``step``: the
-    bucket's spares of the epoch, then every other window of the bucket, each list in an order
-    seeded by (seed, epoch, step, slot). Pure: every rank and worker computes the same list."""
+    """Candidates, in order, to replace window ``window`` at ``slot`` of global batch ``step``
+    (rejected on its decoded frames): every other window of its bucket, in an order seeded by
+    (seed, epoch, step, slot). Pure: every rank and worker computes the same list."""
     b = plan.bucket_of[window]
     digest = hashlib.blake2b(f"{seed}:{plan.epoch}:{step}:{slot}".encode(), digest_size=8).digest()
     rng = np.random.default_rng(int.from_bytes(digest, "little"))
-    spares = list(plan.spares.get(b, []))
-    rng.shuffle(spares)
-    taken = set(spares) | {window}
-    rest = [i for i in rng.permutation(n_windows).tolist()
-            if plan.bucket_of[i] == b and i not in taken]
-    return spares + rest
+    return [i for i in rng.permutation(n_windows).tolist() if plan.bucket_of[i] == b and i != window]
 
 
 def fingerprint(windows: list[Window]) -> str:

@@ -66,7 +66,8 @@ class ClipStream(IterableDataset):
     has a multiple of this many windows (the world sizes that divide it can share it evenly).
     ``rank`` / ``world_size``: default torch.distributed's, else the RANK / WORLD_SIZE variables,
     else 0 / 1. ``epochs``: None = endless. ``validate``: run the profile's checks on each window
-    (a rejected window is replaced, see :func:`curation.data.plan.replacements`); ``verdicts``: leave
+    (a rejected window is replaced by a padding sample, see :func:`curation.data.plan.replacements`;
+    every sample has ``pad``: True for padding, which a trainer gives weight 0); ``verdicts``: leave
     the windows ``curation validate`` rejected for the profile out of the plan."""
 
     def __init__(self, store, where: str | None = None, profile: str | None = None,
@@ -207,7 +208,8 @@ class ClipStream(IterableDataset):
 
     def _sample(self, plan: EpochPlan, step: int, slot: int, index: int) -> dict:
         """The sample for ``slot`` of global batch ``step``: the planned window, or its first
-        replacement that passes the checks."""
+        replacement that passes the checks. ``pad`` is True for a pad slot of the plan and for a
+        replacement (a window the epoch yields elsewhere too): give it no weight."""
         tried = []
         candidates = iter([index])
         for attempt in range(MAX_ATTEMPTS):
@@ -221,7 +223,8 @@ class ClipStream(IterableDataset):
                 sample, verdict = None, f"error: {one_line(e, 200)}"
                 log.warning("%s @ %.2f s: %s", self.windows[i].clip_id, self.windows[i].start_s, verdict)
             if verdict is None:
-                sample.update(epoch=plan.epoch, step=step, slot=slot, replaced=tried)
+                pad = bool(tried) or slot in plan.pads.get(step, ())
+                sample.update(epoch=plan.epoch, step=step, slot=slot, replaced=tried, pad=pad)
                 return sample
             tried.append({"clip_id": self.windows[i].clip_id, "start_s": self.windows[i].start_s,
                           "reason": verdict})

@@ -146,22 +146,22 @@ def _rank(rank: int, args: dict, port: int) -> None:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_resume_under_a_two_worker_ray_torchtrainer_with_fsdp2(tmp_path, ray_session):
-    """A 2-worker Ray TorchTrainer run (FSDP2 over gloo) whose rank-0 worker process dies after step 13
-    (Ray restarts the group, which resumes from the step-10 checkpoint) ends bit for bit where an
-    uninterrupted 20-step 2-rank run of the same loop ends (started with torch.multiprocessing: one
-    Ray fit less)."""
+    """A 2-worker Ray TorchTrainer run (FSDP2 over gloo) whose rank-0 worker process dies after step 6
+    (Ray restarts the group, which resumes from the step-4 checkpoint and replays steps 5 and 6) ends
+    bit for bit where an uninterrupted 8-step 2-rank run of the same loop ends (started with
+    torch.multiprocessing: one Ray fit less)."""
     import socket
 
     import torch.multiprocessing as mp
-    cfg = load_config(MOUTH, {**SMALL, "train.checkpoint_every": 10})
-    train(cfg, tmp_path / "crashed", 20, workers=2, fail_at_step=13, max_failures=1)
+    cfg = load_config(MOUTH, SMALL)                                  # a checkpoint every 4 steps
+    train(cfg, tmp_path / "crashed", 8, workers=2, fail_at_step=6, max_failures=1)
     assert (tmp_path / "crashed" / "failed_once").exists()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    args = {"config": cfg.to_dict(), "out": str(tmp_path / "whole"), "steps": 20, "store": None}
+    args = {"config": cfg.to_dict(), "out": str(tmp_path / "whole"), "steps": 8, "store": None}
     mp.spawn(_rank, args=(args, port), nprocs=2, join=True)
     state = load_state(tmp_path / "crashed" / "checkpoint")
-    assert state["world"] == 2 and len(state["data"]) == 2
+    assert state["world"] == 2 and len(state["data"]) == 2 and state["step"] == 8
     same_checkpoint(tmp_path / "whole" / "checkpoint", tmp_path / "crashed" / "checkpoint")
     assert losses(tmp_path / "whole") == losses(tmp_path / "crashed")

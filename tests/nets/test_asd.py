@@ -117,10 +117,11 @@ def test_missing_weights_names_the_file(tmp_path):
 
 
 def test_edge_recompute_equals_chunked_passes(models):
-    """The visual encoder runs once; chunk edges are recomputed from edge pieces. Must equal running
-    every chunk through the whole network (the original's way)."""
+    """The visual encoder runs once; chunk edges are recomputed from edge pieces shared by the
+    durations that have them. Must equal running every chunk through the whole network (the
+    original's way): two durations sharing the edge at 50, short last chunks."""
     rng = np.random.default_rng(0)
-    for variant, t, durations in (("light", 30, (1,)), ("lr", 40, (2,))):   # chunks > 4 radii: edge pieces
+    for variant, t, durations in (("light", 30, (1,)), ("lr", 55, (1, 2))):
         crops = rng.integers(0, 256, (t, 112, 112)).astype(np.uint8)
         feats = rng.normal(0, 20, (4 * t, 13))
         net = ActiveSpeakerNet(models, variant, "talkset")
@@ -128,6 +129,19 @@ def test_edge_recompute_equals_chunked_passes(models):
         slow = net.score_aligned(crops, feats, durations, exact_chunks=True)
         np.testing.assert_allclose(fast[0], slow[0], atol=1e-4)
         np.testing.assert_allclose(fast[1], slow[1], atol=1e-5)
+
+
+def test_temporal_conv_as_conv2d_equals_conv3d():
+    """The visual blocks' (k, 1, 1) Conv3d run as a Conv2d over (T, H*W): the same numbers."""
+    import torch
+
+    from operators.nets.asd import _temporal
+    torch.manual_seed(0)
+    for k in (3, 5):
+        conv = torch.nn.Conv3d(8, 16, (k, 1, 1), 1, (k // 2, 0, 0), bias=False)
+        x = torch.randn(2, 8, 11, 7, 9)
+        with torch.inference_mode():
+            torch.testing.assert_close(_temporal(conv, x), conv(x), atol=1e-5, rtol=1e-5)
 
 
 # ---- crop geometry ---------------------------------------------------------------------------
@@ -146,6 +160,38 @@ def test_crop_geometry_centre_and_padding():
     assert 8 < len(ys) < 20 * 20     # 6 px marker x (112 / 1.4 s) = 9.6 px wide
     big = face_crops_224(frames * 0 + 50, np.tile([0, 0, 100, 100], (20, 1)))[10]   # box at the corner
     assert (big[:, :30] == 110).all() and (big[:, 40:] == 50).all()   # columns -20..0 of the frame: pad
+
+
+def _original_crops_224(frames_rgb, boxes, crop_scale=0.4):
+    """The original's crop (§1.2): pad the whole frame by p pixels of 110, slice, resize."""
+    import cv2
+
+    from operators.nets.asd import _medfilt
+    s = _medfilt(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2)
+    cx, cy = _medfilt((boxes[:, 0] + boxes[:, 2]) / 2), _medfilt((boxes[:, 1] + boxes[:, 3]) / 2)
+    out = []
+    for i, frame in enumerate(frames_rgb):
+        bs = s[i]
+        p = int(bs * (1 + 2 * crop_scale))
+        img = cv2.copyMakeBorder(np.ascontiguousarray(frame[:, :, ::-1]), p, p, p, p, cv2.BORDER_CONSTANT,
+                                 value=(110, 110, 110))
+        my, mx = cy[i] + p, cx[i] + p
+        face = img[max(0, int(my - bs)):max(0, int(my + bs * (1 + 2 * crop_scale))),
+                   max(0, int(mx - bs * (1 + crop_scale))):max(0, int(mx + bs * (1 + crop_scale)))]
+        out.append(cv2.resize(face, (224, 224)) if face.size else np.full((224, 224, 3), 110, np.uint8))
+    return np.stack(out)
+
+
+def test_crops_equal_the_originals_padded_frame():
+    """face_crops_224 fills only the crop's window instead of padding the whole frame: the same
+    pixels, for boxes inside, across and outside the frame edges, small and large."""
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (16, 90, 120, 3)).astype(np.uint8)
+    for _ in range(8):
+        c = rng.uniform(-40, [160, 130], (1, 2)) + np.cumsum(rng.normal(0, 3, (16, 2)), 0)
+        s = rng.uniform(3, 80) + rng.normal(0, 1, 16)
+        boxes = np.c_[c - s[:, None], c + s[:, None]]
+        np.testing.assert_array_equal(face_crops_224(frames, boxes), _original_crops_224(frames, boxes))
 
 
 # ---- real clips --------------------------------------------------------------------------------

@@ -12,18 +12,15 @@ import io
 import json
 import math
 import re
-import select
 import socket
-import threading
 import time
 import wave
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import frames_of
+from conftest import FakeOpenAI, frames_of
 from operators.nets.omni import FRAME_FPS, OmniRequest, sample_frames
 from operators.nets.omni_http import OmniHTTPClient, build_messages
 
@@ -41,83 +38,19 @@ def _caption_json(ok: bool = True) -> str:
     })
 
 
-class Server:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.in_flight = self.max_in_flight = 0
-        self.hits: dict[str, int] = {}
-        self.bodies: dict[str, dict] = {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                text = body["messages"][1]["content"][-1]["text"]
-                mode = re.search(r"MODE:(\w+)", text).group(1)
-                with server.lock:
-                    server.hits[mode] = server.hits.get(mode, 0) + 1
-                    server.bodies[mode] = body
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                    hit = server.hits[mode]
-                try:
-                    if not self._wait(3.0 if mode == "timeout" else SLEEP_S):
-                        return   # the client closed the connection (its timeout): no longer in flight
-                    if mode == "drop" or (mode == "flaky" and hit == 1):
-                        self.close_connection = True
-                        self.connection.shutdown(2)   # no status line: the client sees a dropped connection
-                        return
-                    if mode == "http400":
-                        return self._send(400, b'{"error": "bad request"}')
-                    if mode == "garbage":
-                        return self._send(200, b"<html>502 upstream \x00\xff garbage")
-                    content = _caption_json(ok=mode != "badcaption")
-                    toks = [content[i:i + 3] for i in range(0, len(content), 3)]
-                    out = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                        "logprobs": {"content": [{"token": t, "logprob": -0.1} for t in toks]},
-                                        "finish_reason": "stop"}]}
-                    self._send(200, json.dumps(out).encode())
-                except OSError:
-                    pass   # the client gave up (timeout): nothing to answer
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-            def _wait(self, seconds) -> bool:
-                """Sleep; False as soon as the client has closed its end."""
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
-                    if select.select([self.connection], [], [], 0.02)[0] and \
-                            not self.connection.recv(1, socket.MSG_PEEK):
-                        return False
-                return True
-
-            def _send(self, code, data):
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def _answer(text, content, mode, hit):
+    if mode == "drop" or (mode == "flaky" and hit == 1):
+        return FakeOpenAI.DROP
+    if mode == "http400":
+        return FakeOpenAI.HTTP400
+    if mode == "garbage":
+        return FakeOpenAI.GARBAGE
+    return _caption_json(ok=mode != "badcaption")
 
 
 @pytest.fixture()
-def server():
-    s = Server()
-    yield s
-    s.close()
+def server(fake_openai):
+    return fake_openai(_answer, sleep_s=SLEEP_S, logprob=-0.1)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +76,7 @@ def _client(url, **kw) -> OmniHTTPClient:
 def test_message_format(clip, server):
     frames, audio = clip
     rec = _client(server.url).caption(_req(clip, "ok"))
-    body = server.bodies["ok"]
+    body = server.last_body["ok"]
     assert body["model"] == "Qwen/Qwen2.5-Omni-7B" and body["logprobs"] is True and body["temperature"] == 0
     system, user = body["messages"]
     assert system["role"] == "system" and user["role"] == "user"
@@ -187,7 +120,7 @@ def test_per_item_errors_retries_and_in_flight_limit(clip, server):
     assert by["drop"].error.startswith("TransportError: connection failed: RemoteDisconnected")
     assert by["badcaption"].error.startswith("OmniOutputError: malformed Omni output twice: scene_class 'dancing'")
     assert server.hits["badcaption"] == 2                         # one retry with the reason in the prompt
-    assert "previous answer could not be used" in server.bodies["badcaption"]["messages"][1]["content"][-1]["text"]
+    assert "previous answer could not be used" in server.last_body["badcaption"]["messages"][1]["content"][-1]["text"]
     assert by["http400"].error.startswith("TransportError: HTTP 400") and server.hits["http400"] == 1
     assert all(r.record is None for r in results if r.error) and all("\n" not in (r.error or "") for r in results)
     assert 2 <= server.max_in_flight <= 3

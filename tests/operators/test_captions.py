@@ -18,19 +18,14 @@ import base64
 import io
 import json
 import re
-import select
-import socket
-import threading
-import time
 import wave
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, frames_of
+from conftest import ROOT, FakeOpenAI, frames_of
 from curation.operator import OperatorError
 from operators.captions import Captions, CaptionsConversation, clip_sentences, describe_subject, record_to_row
 from operators.nets import omni
@@ -73,84 +68,18 @@ def _answer(text: str, dbfs: float | None, mode: str) -> str:
     return json.dumps(obj)
 
 
-class Server:
-    """Answers /v1/chat/completions; records every request body and the largest number in flight."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.in_flight = self.max_in_flight = 0
-        self.hits: dict[str, int] = {}
-        self.bodies: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                content = body["messages"][1]["content"]
-                text = content[-1]["text"]
-                m = re.search(r"MODE:(\w+)", text)
-                mode = m.group(1) if m else "ok"
-                with server.lock:
-                    server.hits[mode] = hit = server.hits.get(mode, 0) + 1
-                    server.bodies.append(body)
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    if not self._wait(3.0 if mode == "timeout" else SLEEP_S):
-                        return
-                    if mode == "drop":
-                        self.close_connection = True
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                        return
-                    if mode == "garbage":
-                        return self._send(b"<html>502 \x00\xff not json")
-                    answer = _answer(text, _audio_dbfs(content),
-                                     "badcaption" if mode == "flaky" and hit == 1 else mode)
-                    choice = {"index": 0, "message": {"role": "assistant", "content": answer},
-                              "finish_reason": "stop"}
-                    if mode != "quiet":   # "quiet": an endpoint without log-probabilities
-                        toks = [answer[i:i + 3] for i in range(0, len(answer), 3)]
-                        choice["logprobs"] = {"content": [{"token": t, "logprob": -0.01} for t in toks]}
-                    self._send(json.dumps({"choices": [choice]}).encode())
-                except OSError:
-                    pass
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-            def _wait(self, seconds) -> bool:
-                end = time.monotonic() + seconds
-                while time.monotonic() < end:
-                    if select.select([self.connection], [], [], 0.02)[0] and \
-                            not self.connection.recv(1, socket.MSG_PEEK):
-                        return False   # the client gave up
-                return True
-
-            def _send(self, data: bytes):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def _respond(text, content, mode, hit):
+    if mode == "drop":
+        return FakeOpenAI.DROP
+    if mode == "garbage":
+        return FakeOpenAI.GARBAGE
+    return _answer(text, _audio_dbfs(content), "badcaption" if mode == "flaky" and hit == 1 else mode)
 
 
 @pytest.fixture()
-def server():
-    s = Server()
-    yield s
-    s.close()
+def server(fake_openai):
+    """Answers by the class read off the request's real audio; "quiet": no log-probabilities."""
+    return fake_openai(_respond, sleep_s=SLEEP_S, no_logprobs=("quiet",))
 
 
 def _video(media, name="vr_face1.mp4") -> dict:

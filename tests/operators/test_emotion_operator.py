@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import frames_of
-from operators.emotion import CLASSES, FPS, Emotion, face_boxes_at
+from curation.tracks import face_boxes_at
+from operators.emotion import CLASSES, FPS, MATCH_S, Emotion
 from operators.nets import MissingWeights
 
 
@@ -119,10 +120,11 @@ def test_no_face_and_missing_track(op, media, models):
 
 
 def test_face_boxes_at_nearest_frame():
+    """The face at a frame's time (curation.tracks): the nearest track frame with a face."""
     track = {"frame_times_s": [0.0, 0.04, 0.08, 1.0], "face_boxes": [[0, 0, 1, 1], None, [2, 2, 3, 3], [4, 4, 5, 5]]}
-    b = face_boxes_at(track, np.array([0.01, 0.03, 0.07, 0.5, 0.95]))
+    b = face_boxes_at(track, np.array([0.01, 0.03, 0.07, 0.5, 0.95]), MATCH_S)
     assert b[0].tolist() == [0, 0, 1, 1]
-    assert np.isnan(b[1]).all()                       # nearest frame (0.04) has no face
+    assert b[1].tolist() == [0, 0, 1, 1]   # 0.04 has no face: the nearest frame with one (0.0)
     assert b[2].tolist() == [2, 2, 3, 3]
     assert np.isnan(b[3]).all()                       # no track frame within 0.1 s
     assert b[4].tolist() == [4, 4, 5, 5]
@@ -170,7 +172,7 @@ def test_emotiefflib_backend_code_path(results, tmp_path, monkeypatch):
     (video, row, frames), _ = results["pf_single_face.mp4"]
     out = op.process_row(video, row, frames)
     assert out["emotion_backend"] == "emotiefflib/enet_b0_8_best_vgaf.onnx/onnxruntime"
-    boxes = face_boxes_at(video["tables"]["tracks"][0], frames.times)
+    boxes = face_boxes_at(video["tables"]["tracks"][0], frames.times, MATCH_S)
     have = np.isfinite(boxes).all(axis=1)
     want = EmotiEff(tmp_path / "models").predict(face_crops(frames.images[have], boxes[have], frames.scale))
     got = np.array([[p[c] for c in CLASSES] for p in out["emotion_frame_probs"] if p])

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import frames_of, which_ffmpeg
-from operators.references import FPS, References, facing_yaw, nearest_index
+from curation.tracks import nearest
+from operators.references import FPS, MATCH_S, References, facing_yaw
 from operators.nets.views import yaw_from_face_matrix
 
 
@@ -193,7 +194,7 @@ def test_facing_yaw_rear_only_for_long_runs_without_a_face():
     assert np.all(yaw[:25] == 10.0) and np.isnan(yaw[25:50]).all() and np.all(yaw[75:] == 180.0)
     track["face_visibility"] = [0.3] * len(t)      # face mostly outside the frame: yaw not trusted
     assert np.isnan(facing_yaw(track, 2.0)[:25]).all()
-    assert list(nearest_index([0.0, 0.04, 1.0], [0.01, 0.5, 0.97])) == [0, -1, 2]
+    assert list(nearest([0.0, 0.04, 1.0], [0.01, 0.5, 0.97], MATCH_S)) == [0, -1, 2]
 
 
 def test_workflows_load(monkeypatch):
