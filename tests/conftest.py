@@ -14,8 +14,8 @@ import pytest
 os.environ["CURATION_STRICT_COLUMNS"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
-MEDIA = Path(os.environ.get("CURATION_MEDIA", ROOT.parent / "shared" / "media"))
-MODELS = Path(os.environ.get("CURATION_MODELS", ROOT.parent / "shared" / "models"))
+MEDIA = Path(os.environ.get("CURATION_MEDIA", ROOT.parent / "shared" / "media")).resolve()   # absolute: tests link to it
+MODELS = Path(os.environ.get("CURATION_MODELS", ROOT.parent / "shared" / "models")).resolve()
 
 
 @pytest.fixture(scope="session")

@@ -109,6 +109,12 @@ class FaceFinder:
                         else self.landmarks.backend)
         self.counts = {"region": 0, "zoomed": 0, "box": 0, "none": 0}   # where each frame's face came from
 
+    def close(self) -> None:
+        """MediaPipe's graphs (the FaceLandmarker's and the mesh's) and their threads."""
+        self.landmarks.close()
+        if self.mesh is not None:
+            self.mesh.close()
+
     def find(self, images: np.ndarray, scale: float, regions: np.ndarray, boxes: np.ndarray,
              frame_size: tuple[int, int]) -> list[Face | None]:
         """The person's face on each of ``images`` (N decoded frames, ``scale`` = image px per display
