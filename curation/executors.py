@@ -15,7 +15,9 @@ An executor takes calls (a stage and a batch of video ids) and hands back their 
 """
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from typing import Protocol
 
 from curation import failures
@@ -79,6 +81,10 @@ class RayExecutor:
         self.workers = workers            # --workers: the budget is at least this many CPUs
         self.pools: dict[int, _RayPool] = {}
         self.inflight: dict = {}          # ref -> stage index
+        self._budget_read: threading.Thread | None = None
+        self._budget_box: dict = {}       # "cpus": the last budget the GCS gave
+
+    BUDGET_TIMEOUT_S = 10.0
 
     def submit(self, stage: Stage, videos: list[str]):
         if stage.index not in self.pools:
@@ -116,8 +122,23 @@ class RayExecutor:
 
     def cpu_budget(self) -> float:
         """The cluster's CPUs, at least --workers (an autoscaling cluster that starts empty must
-        still see demand); re-read as nodes come and go."""
-        return max(float(self.ray.cluster_resources().get("CPU", 0.0)), float(self.workers))
+        still see demand); re-read as nodes come and go. The GCS read runs in a thread of its own
+        with a deadline: a GCS that does not answer leaves the last known budget (or the local
+        CPUs) instead of blocking the run (seen in a driver process that had run Ray Train and Ray
+        Data before: ``GlobalStateAccessor.GetAllTotalResources`` waited forever)."""
+        if self._budget_read is None or not self._budget_read.is_alive():
+            box = self._budget_box
+            def read():   # noqa: E306
+                box["cpus"] = float(self.ray.cluster_resources().get("CPU", 0.0))
+            self._budget_read = threading.Thread(target=read, name="cpu-budget", daemon=True)
+            self._budget_read.start()
+            self._budget_read.join(self.BUDGET_TIMEOUT_S)
+            if self._budget_read.is_alive():
+                logging.getLogger(__name__).warning(
+                    "the Ray GCS did not give the cluster's CPUs within %g s; using %s",
+                    self.BUDGET_TIMEOUT_S, box.get("cpus", "the local CPU count"))
+        cpus = self._budget_box.get("cpus", float(os.cpu_count() or 1))
+        return max(cpus, float(self.workers))
 
 
 class _RayPool:

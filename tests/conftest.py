@@ -126,11 +126,17 @@ def _conversation_run(d: Path, files: list[Path], models, workflow: Path = ROOT 
     return st, run.stdout, clips, d
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
+    """A fresh local Ray per test module (about 5 s each): one module's Ray Train groups, Ray Data
+    pipelines and killed workers cannot leave the next module a cluster that schedules nothing (a
+    whole-suite run hung in test_run's first run: tasks never scheduled and the GCS read of the
+    cluster's CPUs never answered, after the model, Ray Data and reliability modules had shared
+    one session; not reproduced with any two of them)."""
     import ray
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    if ray.is_initialized():    # started by a run of an earlier module (curation.executors.init_ray)
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()  # before pytest's summary, so Ray's exit messages do not follow it
 

@@ -434,3 +434,29 @@ def test_local_runs_send_native_log_lines_to_the_run_log(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "warning: ours" in err and "inference_feedback_manager" not in err
     assert "inference_feedback_manager" in (tmp_path / "s" / "_logs" / "r1.log").read_text()
+
+
+def test_a_gcs_that_does_not_answer_leaves_the_last_cpu_budget(monkeypatch):
+    """RayExecutor.cpu_budget reads the cluster's CPUs from the GCS with a deadline: a read that
+    never returns (seen once in a driver that had run Ray Train and Ray Data) keeps the last budget."""
+    import threading as th
+    from curation.executors import RayExecutor
+    gate = th.Event()
+
+    class FakeRay:
+        calls = 0
+
+        def cluster_resources(self):
+            FakeRay.calls += 1
+            if FakeRay.calls > 1:
+                gate.wait()              # the GCS stops answering
+            return {"CPU": 6.0}
+
+    ex = RayExecutor(lambda stage: (), workers=1)
+    ex.ray = FakeRay()
+    monkeypatch.setattr(RayExecutor, "BUDGET_TIMEOUT_S", 0.2)
+    assert ex.cpu_budget() == 6.0
+    t0 = time.perf_counter()
+    assert ex.cpu_budget() == 6.0 and ex.cpu_budget() == 6.0     # the last known budget
+    assert time.perf_counter() - t0 < 1.0 and FakeRay.calls == 2  # one read pending, not one per call
+    gate.set()
