@@ -132,9 +132,12 @@ class ASR:
         prob = None
         if language is None:
             language, prob = self.detect_language(x)
-        res = self._whisper.transcribe(self.model, x, word_timestamps=True, fp16=False, language=language,
-                                       condition_on_previous_text=False, verbose=None)
-        return from_segments(res["segments"], duration, offset_s, language, prob)
+        return from_segments(self._segments(x, language), duration, offset_s, language, prob)
+
+    def _segments(self, x: np.ndarray, language: str) -> list[dict]:
+        """The runtime's segments of 16 kHz audio, as openai-whisper gives them (with ``words``)."""
+        return self._whisper.transcribe(self.model, x, word_timestamps=True, fp16=False, language=language,
+                                        condition_on_previous_text=False, verbose=None)["segments"]
 
 
 def prepare_audio(wav: np.ndarray, sample_rate: int) -> tuple[np.ndarray, float]:

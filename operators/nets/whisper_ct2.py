@@ -37,8 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from operators.nets import weight_path
-from operators.nets.asr import (DEFAULT_MODEL, SAMPLE_RATE, _version, empty_result, from_segments,
-                                prepare_audio)
+from operators.nets.asr import ASR, DEFAULT_MODEL, _version
 
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)    # whisper.transcribe's default fallback
 RENAME = [("blocks", "layers"), ("mlp.0", "fc1"), ("mlp.2", "fc2"), ("mlp_ln", "final_layer_norm"),
@@ -167,8 +166,9 @@ def ct2_dir(model_dir: str | Path | None, name: str = DEFAULT_MODEL) -> Path:
     return out if (out / "model.bin").exists() else convert(pt, out, name)
 
 
-class FastASR:
-    """faster-whisper on the converted checkpoint; ``transcribe`` as ``operators.nets.asr.ASR``'s."""
+class FastASR(ASR):
+    """faster-whisper on the converted checkpoint; ``transcribe`` is ``operators.nets.asr.ASR``'s, only
+    the decoding differs."""
 
     def __init__(self, model_dir: str | Path | None, name: str = DEFAULT_MODEL, threads: int | None = None):
         from faster_whisper import WhisperModel
@@ -185,22 +185,14 @@ class FastASR:
         lang, prob, _ = self.model.detect_language(audio16k)
         return lang, float(prob)
 
-    def transcribe(self, wav: np.ndarray, sample_rate: int = SAMPLE_RATE, offset_s: float = 0.0,
-                   language: str | None = None) -> dict:
-        x, duration = prepare_audio(wav, sample_rate)
-        if len(x) < SAMPLE_RATE // 10 or not np.any(x):           # < 0.1 s or digital silence
-            return empty_result(language or ("en" if not self.multilingual else None), duration)
-        prob = None
-        if language is None:
-            language, prob = self.detect_language(x)
+    def _segments(self, x: np.ndarray, language: str) -> list[dict]:
         segments, _ = self.model.transcribe(
             x, language=language, word_timestamps=True, beam_size=1, best_of=1, temperature=list(TEMPERATURES),
             condition_on_previous_text=False, vad_filter=False, without_timestamps=False)
-        raw = [{"text": s.text, "avg_logprob": s.avg_logprob, "no_speech_prob": s.no_speech_prob,
-                "compression_ratio": s.compression_ratio,
-                "words": [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
-                          for w in s.words or []]} for s in segments]
-        return from_segments(raw, duration, offset_s, language, prob)
+        return [{"text": s.text, "avg_logprob": s.avg_logprob, "no_speech_prob": s.no_speech_prob,
+                 "compression_ratio": s.compression_ratio,
+                 "words": [{"word": w.word, "start": w.start, "end": w.end, "probability": w.probability}
+                           for w in s.words or []]} for s in segments]
 
 
 def main() -> None:
