@@ -324,11 +324,12 @@ def test_a_long_shot_streams_in_bounded_memory(long_shot):
 def test_clips_of_a_long_video_in_groups_do_not_let_the_decoder_read_ahead(long_shot):
     """Four 1 s clips along the 67 s video, each its own group (budget 1 byte): the step runs while
     the video's decoder is open, 0.6 s per clip. decord would decode ahead into memory meanwhile
-    (measured without the pause before each group: +499 MB; with it: +91 MB)."""
+    (measured without the pause before each group: +499 MB; with it: +91 MB loaded, 118-235 MB on a
+    quiet machine, where decord's thread has a free core between a read and the pause)."""
     m = measure(long_shot, 1e9, clips=True, budget=1, work_s=0.6)
     print("clips of a long video, a group each:", m)
     assert m["chunks"] == 4 and m["frames"] == 4 * 30
-    assert m["growth_mb"] < 150
+    assert m["growth_mb"] < 350                               # +499 MB without the pause
 
 
 # ---- people and references: chunked == whole ---------------------------------------------------------------

@@ -170,11 +170,14 @@ def test_large_outputs_are_staged_by_the_worker(tmp_path, media):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_stages_stream_and_batches_give_the_same_rows(ray_session, tmp_path, media):
-    """Four videos through two 1-second steps with 2 workers: the second step starts on the first
-    videos before the first step has finished them all; batching changes nothing in the rows."""
+    """Six videos through two 1-second steps with 2 workers: the second step starts on the first
+    videos before the first step has finished them all; batching changes nothing in the rows. (With
+    four, a slot shared by both steps could end slow's last video and slow_too's first in the same
+    second: a fresh-clone CI run missed by 15 ms.)"""
     import ray.cloudpickle
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    files = [str(media / n) for n in ("vr_face1.mp4", "vr_face2.mp4", "vr_face3.mp4", "lp_d3.mp4")]
+    files = [str(media / n) for n in ("vr_face1.mp4", "vr_face2.mp4", "vr_face3.mp4", "lp_d3.mp4",
+                                         "pf_single_face.mp4", "dj_video5.mp4")]
     text = ("name: s\nsteps:\n  - {op: probe}\n  - {op: slow, after: [probe]}\n"
             "  - {op: slow_too, after: [slow]}\n")
     st = Store(str(tmp_path / "a"))
