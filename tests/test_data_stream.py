@@ -278,3 +278,20 @@ def test_references_come_from_the_references_table(tmp_path):
     (x,) = list(ClipStream(uri, window_s=1.0, epochs=1, divisible_by=1, batch_windows=1))
     assert [r.shape for r in x["references"]] == [(32, 24, 3)] * 2
     assert x["references"][0][..., 2].mean() > 200 and x["references"][1][..., 0].mean() > 200  # blue, red
+
+
+def test_a_step_decodes_into_its_batch_tensor(synth):
+    """iter_steps decodes a step's frames into one (B, T, H, W, 3) tensor and collate hands that
+    tensor over as the batch (no copy); the frames are the per-sample stream's."""
+    from curation.data.loader import collate
+    uri, _ = synth
+    kw = dict(window_s=1.0, seed=5, epochs=1)
+    flat = iter(ClipStream(uri, **kw))
+    for step in list(ClipStream(uri, **kw).iter_steps())[:2]:
+        b = collate(step)
+        assert b["frames"] is step[0]["frames_buffer"][0] and b["frames"].shape[0] == len(step)
+        for i, s in enumerate(step):
+            x = next(flat)
+            assert (x["clip_id"], x["start_s"]) == (s["clip_id"], s["start_s"])
+            np.testing.assert_array_equal(b["frames"][i, :len(x["frames"])].numpy(), x["frames"])
+            assert not b["frames"][i, len(x["frames"]):].numpy().any()

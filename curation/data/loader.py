@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from curation.data import buffers
 from curation.data.stream import ClipStream
 
 
@@ -33,21 +34,28 @@ class StepDataset(IterableDataset):
 
 def _pad(arrays: list[np.ndarray], length: int, fill=0) -> torch.Tensor:
     """The arrays stacked and padded with ``fill`` to ``length``, written once, straight into the
-    batch tensor: in a DataLoader worker that tensor is in shared memory (as torch's default_collate
-    does), so handing it to the main process copies nothing. (np.full then a copy, and the worker's
-    copy into shared memory, cost a third of a step's time on 512x512 windows.)"""
-    shape = (len(arrays), length) + arrays[0].shape[1:]
-    dtype = torch.from_numpy(np.empty(0, arrays[0].dtype)).dtype
-    if get_worker_info() is None or not np.prod(shape):
-        out = torch.empty(shape, dtype=dtype)
-    else:
-        nbytes = int(np.prod(shape)) * arrays[0].dtype.itemsize
-        out = torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape)
+    batch tensor (shared memory in a DataLoader worker: handing it to the main process copies
+    nothing)."""
+    out = buffers.empty((len(arrays), length) + arrays[0].shape[1:], arrays[0].dtype)
     view = out.numpy()
     for i, a in enumerate(arrays):
         view[i, :len(a)] = a
         view[i, len(a):] = fill
     return out
+
+
+def _frames(samples: list[dict], t_max: int) -> torch.Tensor:
+    """The step's frames: the batch tensor they were decoded into when every sample's frames are
+    the start of its row there (:meth:`ClipStream.iter_steps` does that; the rest of each row is
+    zeros), else a copy padded with zeros."""
+    held = [s.get("frames_buffer") for s in samples]
+    if all(held) and all(h[0] is held[0][0] and h[1] == k for k, h in enumerate(held)):
+        buf = held[0][0]
+        rows = buf.numpy()
+        if buf.shape[:2] == (len(samples), t_max) and all(
+                buffers.starts_row(s["frames"], rows[k]) for k, s in enumerate(samples)):
+            return buf
+    return _pad([s["frames"] for s in samples], t_max)
 
 
 def collate(samples: list[dict]) -> dict:
@@ -60,7 +68,7 @@ def collate(samples: list[dict]) -> dict:
     t_max = max(len(s["frames"]) for s in samples)
     n_max = max(len(s["audio"]) for s in samples)
     batch = {
-        "frames": _pad([s["frames"] for s in samples], t_max),
+        "frames": _frames(samples, t_max),
         "frame_mask": _pad([np.ones(len(s["frames"]), bool) for s in samples], t_max),
         "states": _pad([s["states"] for s in samples], t_max, fill=-1),
         "start_s": torch.tensor([s["start_s"] for s in samples], dtype=torch.float64),

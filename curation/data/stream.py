@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from curation.data import buffers
 from curation.data import conditions as cond
 from curation.data.decode import DEFAULT_BACKEND, read_window
 from curation.data.plan import (EpochPlan, Window, cut_windows, epoch_plan, fingerprint, rank_share,
@@ -110,7 +111,7 @@ class ClipStream(IterableDataset):
     # ---- pickling: workers rebuild caches (and reopen the store) ------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_store", "_rows", "_videos", "_features", "_refs", "_plans", "_threads", "windows"):
+        for k in ("_store", "_rows", "_videos", "_features", "_refs", "_plans", "windows"):
             state.pop(k, None)
         return state
 
@@ -129,7 +130,6 @@ class ClipStream(IterableDataset):
         self._rows, self._videos = _Cache(512), _Cache(64)
         self._features, self._refs = _Cache(1024), _Cache(256)
         self._plans = _Cache(2)
-        self._threads = None
 
     # ---- the selection ------------------------------------------------------------------------------
     def _query(self, table: str, where: str | None, columns=None):
@@ -173,7 +173,7 @@ class ClipStream(IterableDataset):
         of that worker (use :func:`curation.data.loader.make_loader` for step-aligned batches)."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for epoch, step, batch, skipped, share in self._steps(worker, workers):
+        for epoch, step, batch, skipped, share in self._steps(worker, workers, in_place=False):
             for i, sample in enumerate(batch):
                 done = skipped + i + 1
                 # the position is updated before the sample leaves: a state taken after it counts it
@@ -185,10 +185,10 @@ class ClipStream(IterableDataset):
         """This rank's share of each global step, as lists of samples, from the current position;
         with ``workers`` > 1 only every ``workers``-th step from it, starting at ``worker`` (a
         DataLoader's round-robin over its workers puts them back in order)."""
-        for _, _, batch, _, _ in self._steps(worker, workers):
+        for _, _, batch, _, _ in self._steps(worker, workers, in_place=True):
             yield batch
 
-    def _steps(self, worker: int, workers: int):
+    def _steps(self, worker: int, workers: int, in_place: bool):
         epoch, step, start = self.epoch, self.step, (self.epoch, self.step, self.offset)
         g = -1   # steps counted from the start position, across epochs: worker g % workers has it
         while self.epochs is None or epoch < self.epochs:
@@ -200,16 +200,25 @@ class ClipStream(IterableDataset):
                 skip = start[2] if (epoch, s) == start[:2] else 0   # resumed inside this step
                 share = rank_share(plan.batches[s], self.rank, self.world_size)
                 first = self.rank * len(share)
-                batch = [self._sample(plan, s, first + j, i) for j, i in enumerate(share) if j >= skip]
+                todo = [(first + j, i) for j, i in enumerate(share) if j >= skip]
+                # the step's frames decode straight into one batch tensor (shared memory in a
+                # DataLoader worker): collate then has nothing to copy
+                buf = buffers.frames_of([self.windows[i] for _, i in todo]) if in_place else None
+                rows = buf.numpy() if buf is not None else [None] * len(todo)
+                batch = [self._sample(plan, s, slot, i, row) for (slot, i), row in zip(todo, rows)]
+                if buf is not None:
+                    for k, sample in enumerate(batch):
+                        sample["frames_buffer"] = (buf, k)
                 if batch:
                     yield epoch, s, batch, skip, len(share)
             epoch, step = epoch + 1, 0
             self.epoch, self.step, self.offset = epoch, 0, 0
 
-    def _sample(self, plan: EpochPlan, step: int, slot: int, index: int) -> dict:
+    def _sample(self, plan: EpochPlan, step: int, slot: int, index: int, out=None) -> dict:
         """The sample for ``slot`` of global batch ``step``: the planned window, or its first
         replacement that passes the checks. ``pad`` is True for a pad slot of the plan and for a
-        replacement (a window the epoch yields elsewhere too): give it no weight."""
+        replacement (a window the epoch yields elsewhere too): give it no weight. ``out``: where
+        to decode the frames (a row of the step's batch tensor), see :meth:`build`."""
         tried = []
         candidates = iter([index])
         for attempt in range(MAX_ATTEMPTS):
@@ -217,7 +226,7 @@ class ClipStream(IterableDataset):
             if i is None:
                 break
             try:
-                sample, verdict = self.build(self.windows[i])
+                sample, verdict = self.build(self.windows[i], out)
             except Exception as e:  # noqa: BLE001 - an unreadable window is replaced like a rejected one
                 from curation.store import one_line
                 sample, verdict = None, f"error: {one_line(e, 200)}"
@@ -234,21 +243,24 @@ class ClipStream(IterableDataset):
                           f"after {len(tried)} tries (last: {tried[-1]['reason'] if tried else '-'})")
 
     # ---- one window -----------------------------------------------------------------------------------
-    def build(self, w: Window) -> tuple[dict, str | None]:
+    def build(self, w: Window, out: np.ndarray | None = None) -> tuple[dict, str | None]:
         """(sample, None) for a window that passes the profile's checks, (partial sample, reason)
-        for one that does not."""
+        for one that does not. ``out``: a (T_max, H, W, 3) uint8 array to decode the frames into
+        (``frames`` is then a view of it; see :func:`curation.data.decode.read_window`)."""
         clip = self.clip_row(w.clip_id)
         video = self.video_row(w.video_id or clip["video_id"])
         from curation.media import local_path
         n_audio = int(round(w.frames / self.fps * cond.SR))
         with local_path(video["uri"]) as path:
-            # the audio around the window decodes in a thread while the frames decode (both
-            # release the GIL); the window's samples are cut from it at the first frame's pts
-            audio = self._pool().submit(self._mix, path, video, w.start_s, n_audio)
+            # the audio decodes in the same pass over the file as the frames (PyAV demuxes both);
+            # the window's samples are cut from it at the first frame's pts
             wf = read_window(path, w.start_s, w.frames, self.fps, self.size, self.backend,
-                             int(video.get("rotation") or 0))
+                             int(video.get("rotation") or 0),
+                             audio_rate=cond.SR if video.get("has_audio") else None, out=out)
             start = float(wf.pts[0]) if len(wf.pts) else w.start_s
-            audio = cond.cut_audio(*audio.result(), start, n_audio)
+            mix = (wf.audio, wf.audio_first) if wf.audio is not None else \
+                self._mix(path, video, w.start_s, n_audio)
+            audio = cond.cut_audio(*mix, start, n_audio)
         sample = {"clip_id": w.clip_id, "video_id": clip["video_id"], "start_s": start,
                   "fps": self.fps, "frames": wf.images, "audio": audio, "window_index": w.index,
                   "pts": wf.pts, "has_audio": bool(video.get("has_audio"))}
@@ -263,20 +275,15 @@ class ClipStream(IterableDataset):
 
     def _mix(self, path: str, video: dict, nominal: float, n: int) -> tuple[np.ndarray, int]:
         """(samples, index of the first) of the mix from 0.2 s before the window's nominal start to
-        0.5 s past its end: the first frame is at most a frame after the nominal start. Starting on
-        a whole sample keeps the cut at round(pts * 16000) exact."""
+        0.5 s past its end, read on its own (``load_audio``: a second open of the file) when the
+        frames' pass gave none (a backend other than PyAV, or its seek landed after the audio it
+        needs). Starting on a whole sample keeps the cut at round(pts * 16000) exact."""
         first = max(0, int(np.floor((nominal - 0.2) * cond.SR)))
         if not video.get("has_audio"):
             return np.zeros(0, np.float32), first
         from curation.media import load_audio
         return load_audio(path, cond.SR, start_s=first / cond.SR,
                           duration_s=(n + int(0.7 * cond.SR)) / cond.SR), first
-
-    def _pool(self):
-        if self._threads is None:
-            from concurrent.futures import ThreadPoolExecutor
-            self._threads = ThreadPoolExecutor(1, thread_name_prefix="clipstream-audio")
-        return self._threads
 
     def _conditions(self, sample: dict, clip: dict, w: Window, pts: np.ndarray) -> None:
         start, n = sample["start_s"], len(sample["audio"])
