@@ -72,9 +72,9 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run_bare(jobs, workers: int) -> tuple[float, float, float]:
+def run_bare(jobs, workers: int) -> tuple[float, float, float, float]:
     """(seconds in all, seconds of the steady state (from when every worker delivered a window)
-    scaled to all windows, CPU seconds)."""
+    scaled to all windows, CPU seconds, seconds to the first window)."""
     c0 = cpu_seconds()
     t0 = time.perf_counter()
     times = []
@@ -88,11 +88,13 @@ def run_bare(jobs, workers: int) -> tuple[float, float, float]:
             times.append(time.perf_counter())
     end = time.perf_counter()
     k = min(max(workers, 1), len(times) - 1)          # windows delivered before the steady state
-    return end - t0, (end - times[k - 1]) * len(jobs) / (len(jobs) - k), cpu_seconds() - c0
+    return (end - t0, (end - times[k - 1]) * len(jobs) / (len(jobs) - k), cpu_seconds() - c0,
+            times[0] - t0)
 
 
-def run_loader(make, workers: int) -> tuple[float, float, float, int]:
-    """As run_bare; the steady state starts once every DataLoader worker delivered a step."""
+def run_loader(make, workers: int) -> tuple[float, float, float, float, int]:
+    """As run_bare (the first window: the first step's); the steady state starts once every
+    DataLoader worker delivered a step."""
     from curation.data.loader import make_loader
     c0 = cpu_seconds()
     t0 = time.perf_counter()
@@ -102,10 +104,17 @@ def run_loader(make, workers: int) -> tuple[float, float, float, int]:
         arrivals.append((time.perf_counter(), n))
     end = time.perf_counter()
     t_k, n_k = arrivals[min(max(workers, 1), len(arrivals) - 1) - 1]
-    return end - t0, (end - t_k) * n / max(1, n - n_k), cpu_seconds() - c0, n
+    return (end - t0, (end - t_k) * n / max(1, n - n_k), cpu_seconds() - c0, arrivals[0][0] - t0, n)
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def throughput(args, store: str) -> None:
+    """Each repeat runs the bare decode and the loader back to back (alternating which goes first)
+    and gives their ratios: wall (whole run, and steady state) and CPU time; the table gives the
+    median and the range of the repeats' ratios, and the load average around them."""
     from curation.data import ClipStream
 
     def make():
@@ -113,25 +122,33 @@ def throughput(args, store: str) -> None:
                           size=args.size, divisible_by=1, batch_windows=2, verdicts=False)
     jobs = bare_jobs(make(), args.epochs)
     print(f"\n## delivered windows / s vs bare decode ({len(jobs)} windows of 2 s at 25 fps, "
-          f"size {args.size or 'native'}, profile {args.profile}; load average {os.getloadavg()[0]:.1f})\n")
-    print("| workers | bare decode windows/s | loader windows/s | ratio | steady ratio (every worker started) "
-          "| CPU-time ratio |")
-    print("|---|---|---|---|---|---|")
+          f"size {args.size or 'native'}, profile {args.profile}, {args.repeats} repeats: median (range))\n")
+    print("| workers | bare decode windows/s | loader windows/s | ratio | steady ratio (every worker "
+          "started) | CPU-time ratio | first window: bare / loader s | load average |")
+    print("|---|---|---|---|---|---|---|---|")
     for workers in args.workers:
-        res = {"bare": [], "loader": []}
+        ratios, rates, firsts, loads = [], [], [], []
         for r in range(args.repeats):
-            order = ("bare", "loader") if r % 2 == 0 else ("loader", "bare")
-            for what in order:
+            loads.append(os.getloadavg()[0])
+            got = {}
+            for what in (("bare", "loader") if r % 2 == 0 else ("loader", "bare")):
                 if what == "bare":
-                    res["bare"].append(run_bare(jobs, workers))
+                    got["bare"] = run_bare(jobs, workers)
                 else:
-                    whole, steady, cpu, n = run_loader(make, workers)
+                    *got["loader"], n = run_loader(make, workers)
                     assert n == len(jobs), (n, len(jobs))
-                    res["loader"].append((whole, steady, cpu))
-        b = [statistics.median(len(jobs) / x[k] for x in res["bare"]) for k in (0, 1, 2)]
-        lo = [statistics.median(len(jobs) / x[k] for x in res["loader"]) for k in (0, 1, 2)]
-        print(f"| {workers} | {b[0]:.2f} | {lo[0]:.2f} | **{lo[0] / b[0]:.2f}** | {lo[1] / b[1]:.2f} "
-              f"| {lo[2] / b[2]:.2f} |")
+            b, lo = got["bare"], got["loader"]
+            ratios.append((b[0] / lo[0], b[1] / lo[1], b[2] / lo[2]))
+            rates.append((len(jobs) / b[0], len(jobs) / lo[0]))
+            firsts.append((b[3], lo[3]))
+            loads.append(os.getloadavg()[0])
+            print(f"  repeat {r}: ratio {ratios[-1][0]:.3f}, steady {ratios[-1][1]:.3f}, "
+                  f"CPU {ratios[-1][2]:.3f}, load {loads[-2]:.1f}-{loads[-1]:.1f}", file=sys.stderr)
+        cols = [_spread([x[k] for x in ratios]) for k in (0, 1, 2)]
+        print(f"| {workers} | {statistics.median(x[0] for x in rates):.2f} | "
+              f"{statistics.median(x[1] for x in rates):.2f} | **{cols[0]}** | {cols[1]} | {cols[2]} | "
+              f"{statistics.median(x[0] for x in firsts):.1f} / {statistics.median(x[1] for x in firsts):.1f} "
+              f"| {min(loads):.1f}-{max(loads):.1f} |", flush=True)
 
 
 def rss_mb() -> float:

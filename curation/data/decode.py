@@ -65,7 +65,7 @@ def read_window(path: str, start_s: float, n: int, fps: float, size: tuple[int, 
         res = {"torchcodec": _torchcodec, "decord": _decord}[backend](path, start_s, n, fps, turned)
     if rotation % 360:
         res.images = np.ascontiguousarray(np.rot90(res.images, k=(rotation // 90) % 4, axes=(1, 2)))
-    if out is not None and res.images.base is not out and _fits(out, res.images):
+    if _fits(out, res.images) and not _at(res.images, out):      # decoded elsewhere: copy it in
         out[:len(res.images)] = res.images
         out[len(res.images):] = 0
         res.images = out[:len(res.images)]
@@ -76,6 +76,10 @@ def _fits(out: np.ndarray | None, shape_or_images) -> bool:
     shape = getattr(shape_or_images, "shape", shape_or_images)
     return (out is not None and out.dtype == np.uint8 and out.ndim == 4 and out.shape[0] >= shape[0]
             and tuple(out.shape[1:]) == tuple(shape[1:]) and out.flags.c_contiguous)
+
+
+def _at(images: np.ndarray, out: np.ndarray) -> bool:
+    return images.__array_interface__["data"][0] == out.__array_interface__["data"][0]
 
 
 def _span_end(start_s: float, n: int, fps: float) -> float:
