@@ -10,9 +10,11 @@ from torch.utils.data import get_worker_info
 
 def empty(shape: tuple, dtype: np.dtype) -> torch.Tensor:
     """An uninitialised tensor of ``shape`` and numpy ``dtype`` (shared memory in a DataLoader worker)."""
-    tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
     if get_worker_info() is None or not int(np.prod(shape)):
-        return torch.empty(shape, dtype=tdtype)
+        # numpy's allocation: large arrays get transparent huge pages (madvise), which a fresh batch
+        # faults in 512 times faster than torch.empty's 4 kB pages
+        return torch.from_numpy(np.empty(shape, dtype))
+    tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     return torch.empty(0, dtype=tdtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, shape)
 
