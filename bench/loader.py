@@ -7,10 +7,15 @@ of its token buckets.
 1. **Delivered windows per second** (``ClipStream`` / ``make_loader``: decode, audio, states,
    conditions, online checks of ``--profile``) over ``--epochs`` epochs of 2 s windows of the shared clips (a
    store made with probe + shots + clips + audio_features, or ``--store``), as a ratio to a bare
-   decode of the same windows (``curation.data.decode.read_window`` alone, same backend, same size)
-   on the same cores: in one process (0 workers), and with W processes each side (the loader's
-   DataLoader workers against a ``multiprocessing`` pool of W decoding the same windows).
-   Alternating order, median of ``--repeats``.
+   decode of the same windows (``curation.data.decode.read_window`` alone: the frames only, the same
+   function, backend, decoder threads and size as the loader's, each into a fresh array) on the same
+   cores: in one process (0 workers), and with W processes each side (the loader's spawned DataLoader
+   workers, which hand every batch to the main process, against a spawned ``multiprocessing`` pool of
+   W decoding the same windows and returning their frame counts). Each repeat runs both back to back,
+   alternating which goes first; the ratios of each pair (wall, steady state, CPU time of the process
+   and its workers) are reported as median and range over ``--repeats``, with the load average.
+   And in one process **step by step** (``interleaved``): each step of the loader and a bare decode
+   of its windows, alternating, so both see the same load: the measure that survives other jobs.
 2. **Resident memory** of the process while an endless stream (0 workers) delivers
    ``--memory-windows`` windows of tiny generated clips (tests/synthetic.py), sampled every 1,000.
 3. **Padding** of the token buckets: windows of 2-6 s (``window_s=(2, 6)``) of the shared clips'
@@ -151,6 +156,50 @@ def throughput(args, store: str) -> None:
               f"| {min(loads):.1f}-{max(loads):.1f} |", flush=True)
 
 
+def interleaved(args, store: str) -> None:
+    """In one process, step by step: the loader's next step (``make_loader``, 0 workers) and a bare
+    decode of the same windows, alternating which goes first, each timed (wall and CPU of the
+    process); the ratios of the sums. Pairs ~0.5 s apart see the same load, so this is the measure
+    that survives other jobs on the machine."""
+    from curation.data import ClipStream
+    from curation.data.loader import make_loader
+    stream = ClipStream(store, profile=args.profile, window_s=2.0, seed=0, epochs=args.epochs,
+                        size=args.size, divisible_by=1, batch_windows=2, verdicts=False)
+    steps = [b for e in range(args.epochs) for b in stream.plan(e).batches]
+    loads = [os.getloadavg()[0]]
+    tot = {"bare": [0.0, 0.0], "loader": [0.0, 0.0]}
+    per = []
+    for r in range(args.repeats):
+        it = iter(make_loader(ClipStream(store, profile=args.profile, window_s=2.0, seed=0,
+                                         epochs=args.epochs, size=args.size, divisible_by=1,
+                                         batch_windows=2, verdicts=False), num_workers=0))
+        run = {"bare": [0.0, 0.0], "loader": [0.0, 0.0]}
+        for k, batch in enumerate(steps):
+            for what in (("bare", "loader") if (k + r) % 2 == 0 else ("loader", "bare")):
+                c, t = time.process_time(), time.perf_counter()
+                if what == "bare":
+                    for i in batch:
+                        w = stream.windows[i]
+                        _bare((stream.video_row(w.video_id)["uri"], w.start_s, w.frames, stream.fps,
+                               stream.size))
+                else:
+                    next(it)
+                run[what][0] += time.perf_counter() - t
+                run[what][1] += time.process_time() - c
+        per.append((run["bare"][0] / run["loader"][0], run["bare"][1] / run["loader"][1]))
+        for what in tot:
+            tot[what] = [tot[what][0] + run[what][0], tot[what][1] + run[what][1]]
+        loads.append(os.getloadavg()[0])
+    n = sum(map(len, steps)) * args.repeats
+    print(f"\n## step-interleaved, one process ({n} windows: {args.repeats} x {len(steps)} steps)\n")
+    print("| bare decode windows/s | loader windows/s | ratio | CPU-time ratio | per repeat (wall / CPU) "
+          "| load average |\n|---|---|---|---|---|---|")
+    print(f"| {n / tot['bare'][0]:.2f} | {n / tot['loader'][0]:.2f} | "
+          f"**{tot['bare'][0] / tot['loader'][0]:.3f}** | {tot['bare'][1] / tot['loader'][1]:.3f} | "
+          + ", ".join(f"{a:.2f} / {b:.2f}" for a, b in per) + f" | {min(loads):.1f}-{max(loads):.1f} |",
+          flush=True)
+
+
 def rss_mb() -> float:
     with open(f"/proc/{os.getpid()}/status") as f:
         for line in f:
@@ -211,7 +260,7 @@ def main() -> None:
     ap.add_argument("--size", default=None, help="HxW (default native)")
     ap.add_argument("--memory-windows", type=int, default=20000)
     ap.add_argument("--batch-tokens", type=int, default=256 * 256 * 150 * 16)
-    ap.add_argument("--skip", default="", help="comma list of: throughput, memory, padding")
+    ap.add_argument("--skip", default="", help="comma list of: interleaved, throughput, memory, padding")
     args = ap.parse_args()
     args.workers = [int(w) for w in args.workers.split(",")]
     args.size = tuple(int(x) for x in args.size.split("x")) if args.size else None
@@ -219,7 +268,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         store = args.store or (make_store(args.media, args.models, root)
-                               if "throughput" not in skip else None)
+                               if not {"throughput", "interleaved"} <= skip else None)
+        if "interleaved" not in skip:
+            interleaved(args, store)
         if "throughput" not in skip:
             throughput(args, store)
         if "padding" not in skip:
