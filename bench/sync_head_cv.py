@@ -26,9 +26,12 @@ in sync):
     .venv/bin/python bench/sync_head_cv.py --media ../shared/media --models ../shared/models \
         [--configs lr_ava:1:4,lr_ava:3:4] [--cache /tmp/sync_head_feats]
 
-A config is ``checkpoints:window:dim[:diff]``. Prints, per config, the cross-validated shift table
-(recovered minus applied offset per clip and shift, `·` where it gave none) and the count within
-+-1 frame. CPU: ~1 min of feature extraction (people, crops, four encoders), ~20 s per config.
+A config is ``checkpoints:window:dim[:diff]``. Prints, per config, the in-sample and the cross-
+validated shift table (recovered minus applied offset per clip and shift, `·` where it gave none) and
+the count within +-1 frame; then the nested cross-validation (the config chosen per held-out clip by
+an inner leave-one-clip-out on the other videos; ``--nested-only`` prints only that). CPU at load
+5-8: ~2 min of feature extraction (people, crops, four encoders; ``--cache`` keeps them), ~40 s per
+config, ~5 min for the nested selection. Measured tables: docs/av-labels.md.
 """
 from __future__ import annotations
 
