@@ -249,6 +249,44 @@ def nested(feats: dict, groups: dict, cfgs: list, scored, shifts=SHIFTS) -> tupl
     return rows, chosen
 
 
+def backend_rows(feats: dict, scored, models: str, ckpt: str = "lr_ava", shifts=SHIFTS) -> dict:
+    """The untrained comparison: the ASD network's own fusion back end as the sync score (its class-1
+    logit, one pass over the whole track, mean over the speech frames, per candidate shift), judged
+    as above. No training, so nothing to cross-validate. The back end sees the same inputs at
+    (shift, k) as at (0, k - shift), so one curve over k in -25..+25 per audio (true and rolled)
+    serves every shift."""
+    import torch
+
+    from operators.nets.asd import ActiveSpeakerNet
+    net = ActiveSpeakerNet(models, *ckpt.split("_"))
+    reach = VSHIFT + max(abs(s) for s in shifts)
+    rows = {}
+    for key in scored:
+        f = feats[key]
+        v = torch.from_numpy(f[f"v_{ckpt}"]).float()
+        t, sp = len(v), f["speech"]
+
+        def wide(a: np.ndarray) -> np.ndarray:      # (2 reach + 1,) mean logit at k in -reach..reach
+            a = torch.from_numpy(np.ascontiguousarray(a)).float()
+            idx = np.clip(np.arange(t)[None] + MARGIN + np.arange(-reach, reach + 1)[:, None], 0, len(a) - 1)
+            with torch.inference_mode():
+                lg = net.net.logits(a[torch.from_numpy(idx)], v[None].expand(len(idx), -1, -1))[..., 1]
+            return lg.numpy()[:, sp].mean(axis=1)
+        a = f[f"a_{ckpt}"]
+        rolls = list(range(30, len(a) - 30 + 1, VSHIFT))
+        true = wide(a)
+        null = [wide(np.roll(x, r, axis=0)) for x in (a, a[::-1]) for r in rolls]
+        cells = []
+        for s in shifts:
+            cut = slice(reach - VSHIFT - s, reach + VSHIFT - s + 1)
+            c, n = true[cut], np.array([x[cut].max() for x in null])
+            k = int(np.argmax(c)) - VSHIFT
+            sd = float((c.max() - n.mean()) / max(n.std(), 1e-9))
+            cells.append((None if abs(k) >= VSHIFT - 1 or sd < 2.0 else k - s, sd))
+        rows[key] = cells
+    return rows
+
+
 def synthetic_clips(n_clips: int = 6, frames: int = 250, seed: int = 0, shared: bool = True) -> tuple[dict, dict]:
     """Clips whose audio features are one linear function (shared by every clip when ``shared``,
     else each clip its own) of a smooth latent that also drives the visual features, plus noise."""
@@ -304,6 +342,9 @@ def main() -> None:
         print_table(f"{text}: IN-SAMPLE (trained on every clip; no estimate)",
                     {k: score(head, norm, feats[k], cfg, (0,)) for k in scored}, (0,))
         print_table(f"{text}: leave-one-clip-out", loco(feats, groups, cfg, scored, shifts), shifts)
+    for ckpt in ("lr_ava", "light_ava"):
+        print_table(f"untrained: the {ckpt} network's own logit as the sync score",
+                    backend_rows(feats, scored, args.models, ckpt, shifts), shifts)
     cfgs = [Config(t) for t in args.configs.split(",")]
     rows, chosen = nested(feats, groups, cfgs, scored, shifts)
     print_table("config chosen by inner leave-one-clip-out (nested), then leave-one-clip-out", rows, shifts)
