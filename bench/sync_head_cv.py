@@ -28,7 +28,8 @@ in sync):
 
 A config is ``checkpoints:window:dim[:diff]``. Prints, per config, the in-sample and the cross-
 validated shift table (recovered minus applied offset per clip and shift, `·` where it gave none) and
-the count within +-1 frame; then the nested cross-validation (the config chosen per held-out clip by
+the count within +-1 frame; the untrained comparison (the LR / Light AVA network's own logit as the
+score, :func:`backend_rows`); then the nested cross-validation (the config chosen per held-out clip by
 an inner leave-one-clip-out on the other videos; ``--nested-only`` prints only that). CPU at load
 5-8: ~2 min of feature extraction (people, crops, four encoders; ``--cache`` keeps them), ~40 s per
 config, ~5 min for the nested selection. Measured tables: docs/av-labels.md.
