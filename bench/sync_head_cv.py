@@ -26,7 +26,7 @@ in sync):
     .venv/bin/python bench/sync_head_cv.py --media ../shared/media --models ../shared/models \
         [--configs lr_ava:1:4,lr_ava:3:4] [--cache /tmp/sync_head_feats]
 
-A config is ``checkpoints:window:dim[:diff]``. Prints, per config, the in-sample and the cross-
+A config is ``checkpoints:window:dim[:diff][:all]`` (``all``: every face frame, not only speech). Prints, per config, the in-sample and the cross-
 validated shift table (recovered minus applied offset per clip and shift, `·` where it gave none) and
 the count within +-1 frame; the untrained comparison (the LR / Light AVA network's own logit as the
 score, :func:`backend_rows`); then the nested cross-validation (the config chosen per held-out clip by
@@ -122,11 +122,16 @@ class Config:
         parts = text.split(":")
         self.text, self.ckpts = text, parts[0].split("+")
         self.window, self.dim = int(parts[1]), int(parts[2])
-        self.diff = len(parts) > 3 and parts[3] == "diff"
+        self.diff = "diff" in parts[3:]             # frame-to-frame changes (onset emphasis)
+        self.all_frames = "all" in parts[3:]        # every face frame, not only the speech frames
         self.epochs, self.weight_decay, self.lr, self.seed = 100, 1e-2, 3e-3, 0
 
     def raw(self, f: dict, side: str) -> np.ndarray:
         return np.concatenate([f[f"{side}_{c}"] for c in self.ckpts], axis=1)
+
+
+def frames_used(f: dict, cfg: Config) -> np.ndarray:
+    return np.ones(len(f["speech"]), bool) if cfg.all_frames else f["speech"]
 
 
 def prepared(f: dict, cfg: Config, norm):
@@ -172,7 +177,7 @@ def train(feats: dict, cfg: Config):
     vs, as_ = [], []
     for f in feats.values():
         v, a = prepared(f, cfg, norm)
-        rows = np.where(f["speech"])[0]
+        rows = np.where(frames_used(f, cfg))[0]
         vs.append(v[rows])
         as_.append(a[torch.from_numpy(pair_index(len(v), len(a))[rows])])
     v, a = torch.cat(vs), torch.cat(as_)
@@ -212,7 +217,7 @@ def score(head, norm, f: dict, cfg: Config, shifts=SHIFTS):
     v, a = prepared(f, cfg, norm)
     out = []
     for s in shifts:
-        k, sd = judge(head, v, a, f["speech"], s)
+        k, sd = judge(head, v, a, frames_used(f, cfg), s)
         out.append((None if k is None else k - s, sd))
     return out
 
@@ -233,7 +238,7 @@ def inner_right(feats: dict, groups: dict, cfg: Config) -> int:
     for key, f in feats.items():
         head, norm = train({k: g for k, g in feats.items() if groups[k] != groups[key]}, cfg)
         v, a = prepared(f, cfg, norm)
-        right += abs(int(np.argmax(curve(head, v, a, f["speech"]))) - VSHIFT) <= 1
+        right += abs(int(np.argmax(curve(head, v, a, frames_used(f, cfg)))) - VSHIFT) <= 1
     return right
 
 
