@@ -19,7 +19,7 @@ NA = N * SR // 25
 # (the window at 1.0 s holds 1.4 s of silence, then sound); seeks into dj_video4 (30 fps) and
 # pf_single_face (MP3 audio)
 WINDOWS = [("vr_face1.mp4", 0.0), ("fr_short_hamilton_clip.mp4", 0.0),
-           ("pf_face_noface.mov", 1.0), ("pf_face_noface.mov", 3.0), ("dj_video4.mp4", 15.3),
+           ("pf_face_noface.mov", 1.0), ("dj_video4.mp4", 15.3),
            ("pf_single_face.mp4", 1.4)]
 
 
@@ -34,7 +34,7 @@ def test_one_pass_audio_is_load_audio_cut_at_the_first_frame(media, name, start)
     both = read_window(path, start, N, 25.0, audio_rate=SR)
     alone = read_window(path, start, N, 25.0)
     np.testing.assert_array_equal(both.pts, alone.pts)
-    np.testing.assert_array_equal(both.images, alone.images)
+    assert np.array_equal(both.images, alone.images)
     assert both.audio is not None
     t0 = float(both.pts[0])
     got = cut_audio(both.audio, both.audio_first, t0, NA)
@@ -73,7 +73,7 @@ def test_frames_decode_into_the_callers_buffer(media):
     w = read_window(path, 15.3, N, 25.0, out=out)
     fresh = read_window(path, 15.3, N, 25.0)
     assert w.images.__array_interface__["data"][0] == out.__array_interface__["data"][0]
-    np.testing.assert_array_equal(w.images, fresh.images)
+    assert np.array_equal(w.images, fresh.images)
     assert len(w.images) == N and not out[N:].any()
     small = np.zeros((N, 100, 100, 3), np.uint8)                 # another frame size: ignored
     assert read_window(path, 15.3, N, 25.0, out=small).images.shape == (N, 360, 480, 3)
