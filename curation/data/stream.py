@@ -211,6 +211,7 @@ class ClipStream(IterableDataset):
                         sample["frames_buffer"] = (buf, k)
                 if batch:
                     yield epoch, s, batch, skip, len(share)
+                del batch, buf, rows     # the consumer holds the step; the next is built without it
             epoch, step = epoch + 1, 0
             self.epoch, self.step, self.offset = epoch, 0, 0
 
