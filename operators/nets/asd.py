@@ -412,10 +412,14 @@ class ActiveSpeakerNet:
 
     WEIGHTS = WEIGHTS
 
+    RUNTIMES = ("torch", "onnxruntime")
+
     def __init__(self, model_dir: str | Path | None, variant: str = "light", checkpoint: str = "talkset",
-                 device: str = "cpu"):
+                 device: str = "cpu", runtime: str = "torch"):
         if (variant, checkpoint) not in WEIGHTS:
             raise ValueError(f"unknown ASD model {variant!r}/{checkpoint!r}; choose from {sorted(WEIGHTS)}")
+        if runtime not in self.RUNTIMES:
+            raise ValueError(f"unknown ASD runtime {runtime!r}; choose from {self.RUNTIMES}")
         self.variant, self.checkpoint, self.device = variant, checkpoint, device
         self.weights = WEIGHTS[(variant, checkpoint)]
         self.path = weight_path(model_dir, self.weights)
@@ -424,6 +428,32 @@ class ActiveSpeakerNet:
         self.net.load_state_dict(state, strict=True)
         self.net.to(device).eval()
         self.name = f"{'Light-ASD' if variant == 'light' else 'LR-ASD'}/{Path(self.weights).stem}"
+        self._use_torch()
+        self.runtime, self.fallback = "torch", None
+        if runtime == "onnxruntime":
+            self._use_onnx()
+
+    def _use_torch(self) -> None:
+        self._visual, self._audio = self.net.model.visualEncoder, self.net.model.audioEncoder
+        self._logits = self.net.logits
+
+    def _use_onnx(self) -> None:
+        """The three parts through onnxruntime (operators.nets.asd_onnx); PyTorch, with the reason in
+        ``fallback``, when onnxruntime, the export or a CPU device is missing."""
+        if self.device != "cpu":
+            self.fallback = f"onnxruntime runs on the CPU only, not {self.device}"
+            return
+        try:
+            from operators.nets import asd_onnx
+            parts = asd_onnx.load(self.net, self.path, threads=torch.get_num_threads())
+        except Exception as e:  # noqa: BLE001 - any failure leaves the PyTorch path, said in the name
+            self.fallback = f"{type(e).__name__}: {e}".splitlines()[0]
+            import logging
+            logging.getLogger(__name__).warning("ASD through PyTorch, not onnxruntime: %s", self.fallback)
+            return
+        self._visual, self._audio, self._logits = parts.visual, parts.audio, parts.backend
+        self.runtime = f"onnxruntime {parts.version}"
+        self.name += f" ({self.runtime})"
 
     def _tensors(self, crops: np.ndarray, feats: np.ndarray):
         v = torch.from_numpy(np.asarray(crops, np.float32)).to(self.device)
@@ -443,7 +473,7 @@ class ActiveSpeakerNet:
         the original)."""
         t = len(crops)
         v_all, a_all = self._tensors(crops, feats)
-        enc_v, enc_a = self.net.model.visualEncoder, self.net.model.audioEncoder
+        enc_v, enc_a, logits = self._visual, self._audio, self._logits
         v_whole = enc_v(v_all[None])[0]
         r = self.net.temporal_radius
         edges = {} if exact_chunks else self._edges(v_all, t, durations)
@@ -468,11 +498,11 @@ class ActiveSpeakerNet:
                     v = enc_v(v_all[: full * n].reshape(full, n, 112, 112))
                 else:
                     v = ve[: full * n].reshape(full, n, 128)
-                outs.append(self.net.logits(a, v).reshape(-1, 2))
+                outs.append(logits(a, v).reshape(-1, 2))
             if t > full * n:
                 a = enc_a(a_all[None, full * n * 4:])
                 v = enc_v(v_all[None, full * n:]) if ve is None else ve[None, full * n:]
-                outs.append(self.net.logits(a, v)[0])
+                outs.append(logits(a, v)[0])
             lg = torch.cat(outs).double().cpu()
             logit_sum += lg[:, 1].numpy()
             prob_sum += torch.softmax(lg, dim=1)[:, 1].numpy()
@@ -498,7 +528,7 @@ class ActiveSpeakerNet:
         for i in range(0, len(keys), batch):
             part = keys[i: i + batch]
             firsts = [p if kind == "start" else p - 2 * r for kind, p in part]
-            emb = self.net.model.visualEncoder(torch.stack([v_all[f: f + 2 * r] for f in firsts]))
+            emb = self._visual(torch.stack([v_all[f: f + 2 * r] for f in firsts]))
             out.update({k: (x[:r] if k[0] == "start" else x[r:]) for k, x in zip(part, emb)})
         return out
 
@@ -506,13 +536,13 @@ class ActiveSpeakerNet:
     def audio_embedding(self, feats: np.ndarray) -> torch.Tensor:
         """Whole-track audio-encoder output (len(feats) // 4, 128) from MFCC rows."""
         a = torch.from_numpy(np.asarray(feats[: len(feats) // 4 * 4], np.float32)).to(self.device)
-        return self.net.model.audioEncoder(a[None])[0]
+        return self._audio(a[None])[0]
 
     @torch.inference_mode()
     def visual_embedding(self, crops: np.ndarray) -> torch.Tensor:
         """Whole-track visual-encoder output (len(crops), 128) from grey 112 crops."""
         v = torch.from_numpy(np.asarray(crops, np.float32)).to(self.device)
-        return self.net.model.visualEncoder(v[None])[0]
+        return self._visual(v[None])[0]
 
     @torch.inference_mode()
     def sync_gain(self, visual_emb: np.ndarray, audio_int16: np.ndarray, margin: int,
@@ -544,7 +574,7 @@ class ActiveSpeakerNet:
             n = FPS * d
             for s0 in range(0, t_ok, n):
                 e = min(s0 + n, t_ok)
-                lg = self.net.logits(a[:, s0:e], v[None, s0:e].expand(len(lags), -1, -1))[..., 1]
+                lg = self._logits(a[:, s0:e], v[None, s0:e].expand(len(lags), -1, -1))[..., 1]
                 total[:, s0:e] += lg.double().cpu()
         total /= len(durations)
         out[:t_ok] = (total[0] - total[1:].mean(dim=0)).numpy()
