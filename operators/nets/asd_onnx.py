@@ -4,7 +4,8 @@ PyTorch modules, about 2.4 times cheaper on this CPU (one thread; the visual enc
 
 Three graphs per network (:data:`PARTS`), each with free batch and time axes:
 
-- ``visual``: the visual encoder, (B, T, 112, 112) grey 0..255 -> (B, T, 128);
+- ``visual``: the visual encoder, (B, T, 112, 112) grey 0..255 -> (B, T, 128), exported with the
+  frames laid out as a batch of images (:class:`_FramesVisual`: the same sums, 10 % faster here);
 - ``audio``: the audio encoder, (B, 4T, 13) MFCC -> (B, T, 128);
 - ``backend``: fusion, back end and the ``lossAV.FC`` head, embeddings (B, T, 128) twice -> (B, T, 2)
   logits.
@@ -31,10 +32,63 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PARTS = ("visual", "audio", "backend")
 CHECK_TOL = 1e-3    # largest |difference| from PyTorch accepted when an export is checked
+
+
+def _bn(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+
+def _spatial(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """A (1, k, k) Conv3d on frames laid out as a batch of images (B*T, C, H, W)."""
+    return F.conv2d(x, conv.weight[:, :, 0], None, conv.stride[1:], conv.padding[1:])
+
+
+def _temporal(conv: nn.Conv3d, x: torch.Tensor, b) -> torch.Tensor:
+    """A (k, 1, 1) Conv3d on (B*T, C, H, W) frames: as a Conv2d over (T, H*W), back to frames."""
+    n, c, h, w = x.shape
+    y = x.reshape(b, n // b, c, h * w).transpose(1, 2)
+    y = F.conv2d(y, conv.weight[..., 0], None, 1, (conv.padding[0], 0))
+    return y.transpose(1, 2).reshape(n, c, h, w)
+
+
+def _lr_block(k: nn.Module, x: torch.Tensor, b) -> torch.Tensor:
+    x = F.relu(_bn(k.s_norm_1, _spatial(k.s_1, x)))
+    x = F.relu(_bn(k.s_norm_2, _spatial(k.s_2, x)))
+    x = F.relu(_bn(k.t_norm_1, _temporal(k.t_1, x, b)))
+    return F.relu(_bn(k.t_norm_2, _temporal(k.t_2, x, b)))
+
+
+def _light_block(k: nn.Module, x: torch.Tensor, b) -> torch.Tensor:
+    p = F.relu(_bn(k.bn_t_3, _temporal(k.t_3, F.relu(_bn(k.bn_s_3, _spatial(k.s_3, x))), b)))
+    q = F.relu(_bn(k.bn_t_5, _temporal(k.t_5, F.relu(_bn(k.bn_s_5, _spatial(k.s_5, x))), b)))
+    return F.relu(_bn(k.bn_last, _spatial(k.last, p + q)))
+
+
+class _FramesVisual(nn.Module):
+    """operators.nets.asd.VisualEncoder with its weights, computed with the frames as a batch of
+    images: spatial convolutions and pools as 2-D ones on (B*T, C, H, W), temporal ones over (T, H*W).
+    The same sums in PyTorch (equal outputs); onnxruntime runs it about 10 % faster than the 3-D
+    graph (its 2-D convolutions are better optimised)."""
+
+    def __init__(self, enc: nn.Module):
+        super().__init__()
+        from operators.nets.asd import LRVisualBlock
+        self.enc = enc
+        self.block = _lr_block if isinstance(enc.block1, LRVisualBlock) else _light_block
+
+    def forward(self, x):                       # (B, T, 112, 112) grey 0..255
+        from operators.nets.asd import MEAN, STD
+        b, t = x.shape[0], x.shape[1]
+        y = ((x / 255.0 - MEAN) / STD).reshape(b * t, 1, x.shape[2], x.shape[3])
+        y = F.max_pool2d(self.block(self.enc.block1, y, b), 3, 2, 1)
+        y = F.max_pool2d(self.block(self.enc.block2, y, b), 3, 2, 1)
+        y = self.block(self.enc.block3, y, b)
+        return y.amax(dim=(2, 3)).reshape(b, t, -1)   # (B, T, 128)
 
 
 class _Backend(nn.Module):
@@ -56,7 +110,7 @@ def export_dir(weights: Path) -> Path:
     from operators.nets import asd
     h = hashlib.sha256(Path(weights).read_bytes())
     h.update(inspect.getsource(asd).encode())
-    h.update(inspect.getsource(_Backend).encode())
+    h.update(inspect.getsource(inspect.getmodule(_Backend)).encode())
     h.update(torch.__version__.encode())
     return cache_root() / f"{Path(weights).stem}-{h.hexdigest()[:12]}"
 
@@ -75,7 +129,8 @@ def export(net: nn.Module, out_dir: Path) -> Path:
     # every module in eval mode before the export: the exporter switches a module in training mode to
     # eval and back to training afterwards, recursively, which would leave ``net`` training (batch
     # statistics, moving running means)
-    modules = {"visual": net.model.visualEncoder, "audio": net.model.audioEncoder, "backend": _Backend(net).eval()}
+    modules = {"visual": _FramesVisual(net.model.visualEncoder).eval(), "audio": net.model.audioEncoder,
+               "backend": _Backend(net).eval()}
     names = {"visual": (["visual"], ["emb"]), "audio": (["mfcc"], ["emb"]), "backend": (["a", "v"], ["logits"])}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
