@@ -11,12 +11,16 @@ from operators.nets.asd import ActiveSpeakerNet, asd_crops, track_audio
 from test_asd import audio16k, face_boxes, frames25   # tests/nets is on sys.path (rootdir-less import)
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CURATION_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "asd-onnx"
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One export cache for the module (the first test to load the graphs exports them)."""
+    d = tmp_path_factory.mktemp("asd_onnx") / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CURATION_CACHE", str(d))
+        yield d / "asd-onnx"
 
 
+@pytest.mark.slow
 def test_onnx_equals_torch_on_a_real_clip(cache, media, models):
     """vr_face1 (the man talking to the camera, 6 s): logits, probabilities, embeddings and sync gain
     through onnxruntime equal PyTorch's up to float rounding, and so do the speaking decisions."""
@@ -51,7 +55,7 @@ def test_onnx_equals_torch_on_a_real_clip(cache, media, models):
 def test_export_is_cached_and_checked(cache, models):
     """The graphs are written once per weight file (a second net loads them) and an export that
     does not reproduce the network is refused."""
-    net = ActiveSpeakerNet(models, "lr", "ava", runtime="onnxruntime")
+    net = ActiveSpeakerNet(models, "lr", "ava", runtime="onnxruntime")   # exported here or before
     (d,) = list(cache.iterdir())
     assert d.name.startswith("LR-ASD_pretrain_AVA-") and sorted(p.name for p in d.iterdir()) == [
         "audio.onnx", "backend.onnx", "visual.onnx"]
