@@ -52,13 +52,30 @@ def test_onnx_equals_torch_on_a_real_clip(cache, media, models):
     assert fin.sum() > 100 and np.abs(ga[fin] - gb[fin]).max() < 1e-4
 
 
+def test_onnx_edges_equal_chunked_passes(cache, models):
+    """The edge graphs (only the frames that reach the kept half of a chunk-edge piece) and the
+    whole-track graph give what the PyTorch path gives (which equals running every chunk through
+    the whole network: tests/nets/test_asd.py): a 2.2 s track, durations 1 and 2 s sharing the
+    edge at 50, short last chunks."""
+    rng = np.random.default_rng(0)
+    t = 55
+    crops = rng.integers(0, 256, (t, 112, 112)).astype(np.uint8)
+    feats = rng.normal(0, 20, (4 * t, 13))
+    net = ActiveSpeakerNet(models, "lr", "ava", runtime="onnxruntime")
+    assert net.runtime.startswith("onnxruntime")
+    fast = net.score_aligned(crops, feats, (1, 2))
+    slow = ActiveSpeakerNet(models, "lr", "ava").score_aligned(crops, feats, (1, 2))
+    np.testing.assert_allclose(fast[0], slow[0], atol=1e-4)
+    np.testing.assert_allclose(fast[1], slow[1], atol=1e-5)
+
+
 def test_export_is_cached_and_checked(cache, models):
     """The graphs are written once per weight file (a second net loads them) and an export that
     does not reproduce the network is refused."""
     net = ActiveSpeakerNet(models, "lr", "ava", runtime="onnxruntime")   # exported here or before
     (d,) = list(cache.iterdir())
     assert d.name.startswith("LR-ASD_pretrain_AVA-") and sorted(p.name for p in d.iterdir()) == [
-        "audio.onnx", "backend.onnx", "visual.onnx"]
+        "audio.onnx", "backend.onnx", "visual.onnx", "visual_end.onnx", "visual_start.onnx"]
     stamp = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
     again = ActiveSpeakerNet(models, "lr", "ava", runtime="onnxruntime")
     assert again.fallback is None and {p.name: p.stat().st_mtime_ns for p in d.iterdir()} == stamp
