@@ -4,7 +4,7 @@ shared/docs/ASD.md (no code of the original repositories; MIT weights in MODEL_D
 What a face track goes through (section numbers are ASD.md's):
 
 - face crops (§1.2, :func:`face_crops_224`, :func:`asd_crops`): per-frame box -> half size
-  s = max(w, h) / 2 and centre; s, cx, cy median-filtered along the track (scipy medfilt, kernel 13,
+  s = max(w, h) / 2 and centre; s, cx, cy median-filtered along the track (scipy's medfilt, kernel 13,
   zero-padded ends, as the original); frame padded by int(s (1 + 2 * 0.40)) pixels of value 110; rows
   int(cy + p - s) .. int(cy + p + 1.8 s), columns int(cx + p - 1.4 s) .. int(cx + p + 1.4 s); resized to
   224 x 224 (BGR). The ASD nets see the grey (OpenCV BGR2GRAY) centre 112 x 112 (rows/cols 56:168): the
@@ -80,8 +80,13 @@ WEIGHTS = {
 
 # ---- face crops --------------------------------------------------------------------------------
 def _medfilt(x: np.ndarray, k: int = MEDFILT) -> np.ndarray:
-    from scipy.signal import medfilt
-    return medfilt(np.asarray(x, np.float64), kernel_size=k)
+    """scipy.signal.medfilt(x, k) (odd k, zero-padded ends, as the original), in numpy: the same
+    numbers without importing scipy.signal (0.9-2.5 CPU-s, the only import of it in a
+    conversation run)."""
+    x = np.asarray(x, np.float64)
+    if not len(x):
+        return x
+    return np.median(np.lib.stride_tricks.sliding_window_view(np.pad(x, k // 2), k), axis=1)
 
 
 def face_crops_224(frames_rgb: np.ndarray, boxes: np.ndarray, crop_scale: float = CROP_SCALE) -> np.ndarray:
