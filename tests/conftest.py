@@ -148,6 +148,26 @@ def frames_of(path: Path, start_s: float = 0.0, end_s: float = 1e9, fps=None, ma
     return VideoDecoder(str(path), rotation=rotation, max_side=max_side).span(start_s, end_s, fps)
 
 
+def largest_faces(images, models: Path, scale: float = 1.0):
+    """(N, 4) the largest face per frame from MediaPipe's BlazeFace (short range), x1 y1 x2 y2 in
+    display pixels (image pixels / ``scale``), NaN where none: a face track independent of `people`
+    for tests of the face operators."""
+    import mediapipe as mp
+    import numpy as np
+    from mediapipe.tasks.python import BaseOptions, vision
+    opts = vision.FaceDetectorOptions(
+        base_options=BaseOptions(model_asset_path=str(models / "mediapipe/face_detection_short_range.tflite")),
+        min_detection_confidence=0.5)
+    boxes = np.full((len(images), 4), np.nan)
+    with vision.FaceDetector.create_from_options(opts) as det:
+        for i, im in enumerate(images):
+            res = det.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(im)))
+            if res.detections:
+                b = max(res.detections, key=lambda d: d.bounding_box.width).bounding_box
+                boxes[i] = np.array([b.origin_x, b.origin_y, b.origin_x + b.width, b.origin_y + b.height]) / scale
+    return boxes
+
+
 def which_ffmpeg() -> str:
     exe = shutil.which("ffmpeg")
     if not exe:

@@ -12,30 +12,13 @@ import time
 import numpy as np
 import pytest
 
-from conftest import frames_of
+from conftest import frames_of, largest_faces
 from operators.nets import MissingWeights
 from operators.nets.emotion_scoring import (TAXONOMY, clip_emotion, clip_scores, refine_taxonomy,
                                             taxonomy_tag)
 from operators.nets.fer import CLASSES, FER, face_crops
 
 HAPPY, NEUTRAL, SURPRISE = CLASSES.index("happy"), CLASSES.index("neutral"), CLASSES.index("surprise")
-
-
-def detect_faces(images: np.ndarray, models) -> np.ndarray:
-    """(N, 4) largest face box per frame (x1, y1, x2, y2, image pixels), NaN where none."""
-    import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions, vision
-    opts = vision.FaceDetectorOptions(
-        base_options=BaseOptions(model_asset_path=str(models / "mediapipe/face_detection_short_range.tflite")),
-        min_detection_confidence=0.5)
-    boxes = np.full((len(images), 4), np.nan)
-    with vision.FaceDetector.create_from_options(opts) as det:
-        for i, im in enumerate(images):
-            res = det.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(im)))
-            if res.detections:
-                b = max(res.detections, key=lambda d: d.bounding_box.width).bounding_box
-                boxes[i] = [b.origin_x, b.origin_y, b.origin_x + b.width, b.origin_y + b.height]
-    return boxes
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +32,7 @@ def faces(media, models):
     out = {}
     for name, fps in (("pf_single_face.mp4", None), ("lp_d3.mp4", 10), ("vr_face1.mp4", 5)):
         fr = frames_of(media / name, fps=fps, max_side=None)
-        boxes = detect_faces(fr.images, models)
+        boxes = largest_faces(fr.images, models)
         assert np.isfinite(boxes[:, 0]).mean() > 0.95, name  # one clear face throughout
         out[name] = (fr.times, face_crops(fr.images, boxes), boxes, fr.images)
     return out

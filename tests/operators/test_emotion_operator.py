@@ -10,33 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import frames_of
+from conftest import frames_of, largest_faces
 from curation.tracks import face_boxes_at
 from operators.emotion import CLASSES, FPS, MATCH_S, Emotion
 from operators.nets import MissingWeights
 
 
-def detect_faces(images: np.ndarray, models, scale: float) -> np.ndarray:
-    """(N, 4) largest face per frame in display px (image px / scale), NaN where none."""
-    import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions, vision
-    opts = vision.FaceDetectorOptions(
-        base_options=BaseOptions(model_asset_path=str(models / "mediapipe/face_detection_short_range.tflite")),
-        min_detection_confidence=0.5)
-    boxes = np.full((len(images), 4), np.nan)
-    with vision.FaceDetector.create_from_options(opts) as det:
-        for i, im in enumerate(images):
-            res = det.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(im)))
-            if res.detections:
-                b = max(res.detections, key=lambda d: d.bounding_box.width).bounding_box
-                boxes[i] = np.array([b.origin_x, b.origin_y, b.origin_x + b.width, b.origin_y + b.height]) / scale
-    return boxes
-
-
 def clip_input(media, models, name: str, start_s: float = 0.0, end_s: float = 1e9):
     """(video, row, frames) of a person clip over [start_s, end_s) of ``name``, track from BlazeFace."""
     frames = frames_of(media / name, start_s, end_s, fps=FPS, max_side=None)
-    boxes = detect_faces(frames.images, models, frames.scale)
+    boxes = largest_faces(frames.images, models, frames.scale)
     track = {"track_id": f"{name}:0:0", "frame_times_s": [float(t) for t in frames.times],
              "face_boxes": [None if not np.isfinite(b).all() else [float(v) for v in b] for b in boxes]}
     video = {"video_id": name, "tables": {"tracks": [track]}}
