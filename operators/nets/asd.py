@@ -413,7 +413,11 @@ class ASDScores:
 
 
 class ActiveSpeakerNet:
-    """One ASD network with released weights. ``variant`` light | lr, ``checkpoint`` talkset | ava."""
+    """One ASD network with released weights. ``variant`` light | lr, ``checkpoint`` talkset | ava;
+    ``runtime`` torch | onnxruntime (the same weights exported to ONNX, operators/nets/asd_onnx.py:
+    about 3 times cheaper on the CPU, the same numbers within 2e-6; PyTorch, with the reason in
+    ``fallback``, when that fails). ``name`` names the network, the weights and a runtime other than
+    PyTorch."""
 
     WEIGHTS = WEIGHTS
 
@@ -444,8 +448,9 @@ class ActiveSpeakerNet:
         self._logits, self._edge_graphs = self.net.logits, None
 
     def _use_onnx(self) -> None:
-        """The three parts through onnxruntime (operators.nets.asd_onnx); PyTorch, with the reason in
-        ``fallback``, when onnxruntime, the export or a CPU device is missing."""
+        """The encoders, edge pieces and back end through onnxruntime (operators.nets.asd_onnx);
+        PyTorch, with the reason in ``fallback``, when onnxruntime, the export or a CPU device is
+        missing."""
         if self.device != "cpu":
             self.fallback = f"onnxruntime runs on the CPU only, not {self.device}"
             return
