@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/asd_cost.py --media ../shared/media --models ../shared/models \
         --store /tmp/asd-bench --save after.json [--compare before.json] [--code /path/to/other/tree]
+        [--runtime torch]
 
 Builds (once, in ``--store``; any store with person clips will do, e.g. a conversation run) the steps
 the two read: people, person clips, separation and voice activity, on the shared talking clips; then, per person clip, decodes its frames once (25 fps, native
@@ -10,7 +11,8 @@ each with the process's CPU time (all threads: torch's included); then ``speaker
 ``rerank`` on the results. Prints CPU-seconds per second of video of the decode (the limit of the
 same files on the same machine), asd and sync, and, with ``--compare``, the share of frames whose
 final state (frame_states) is the same in both runs and the logits' mean / 95th-percentile
-difference. ``--code`` imports the operators from another checkout (e.g. main, for "before").
+difference. ``--code`` imports the operators from another checkout (e.g. main, for "before");
+``--runtime`` sets asd's runtime (onnxruntime, its default, or torch) in this checkout.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def prepare(store: str, media: Path, models: str) -> None:
         [str(media / n) for n in CLIPS])
 
 
-def measure(store: str, models: str) -> dict:
+def measure(store: str, models: str, runtime: str | None = None) -> dict:
     import numpy as np
 
     from curation.media import VideoDecoder
@@ -53,7 +55,7 @@ def measure(store: str, models: str) -> dict:
     st = Store(store)
     videos = {v["video_id"]: v for v in st.query("videos").to_pylist()}
     tracks = st.query("tracks").to_pylist()
-    asd, sync = Asd(models), Sync(models)
+    asd, sync = (Asd(models, runtime=runtime) if runtime else Asd(models)), Sync(models)
     asd.setup()
     sync.setup()
     cpu = {"decode": 0.0, "asd": 0.0, "sync": 0.0}
@@ -117,13 +119,14 @@ def main() -> None:
     ap.add_argument("--code", default=None, help="import the operators from this checkout")
     ap.add_argument("--save", default=None)
     ap.add_argument("--compare", default=None)
+    ap.add_argument("--runtime", default=None, choices=("onnxruntime", "torch"), help="asd's runtime")
     args = ap.parse_args()
     sys.path.insert(0, args.code or str(ROOT))
     import torch
     torch.set_num_threads(1)   # a worker's share (the steps declare num_cpus=1)
     if not (Path(args.store) / "clips.lance").exists():
         prepare(args.store, Path(args.media), args.models)
-    res = measure(args.store, args.models)
+    res = measure(args.store, args.models, args.runtime)
     v = res["video_s"]
     print(f"{len(res['clips'])} person clips, {v:.1f} s of video; CPU-seconds per second of video:")
     for k, x in res["cpu_s"].items():

@@ -8,6 +8,9 @@ Two backends over the same face crops (ASD.md §1.2 geometry, 25 fps) and the cl
   shifts of -15..+15 frames (``operators/nets/syncnet.py``): LSE-D / LSE-C as LatentSync reports them.
 - ``motion_energy`` (works with no weights): lower-face motion against the speech energy, Pearson
   correlation over the same shifts (``operators/nets/avsync.py``).
+A head learned on the frozen ASD encoders from the shared clips (and the ASD network's own logit
+against the audio shift) were measured by leave-one-clip-out and do not generalise across speakers
+(bench/sync_head_cv.py, docs/av-labels.md): not backends.
 
 Whatever the backend, the answer is an offset only when the evidence holds; otherwise
 ``sync_offset_frames`` is NULL and ``sync_reason`` says why (never the edge of the search range):

@@ -182,6 +182,19 @@ def _original_crops_224(frames_rgb, boxes, crop_scale=0.4):
     return np.stack(out)
 
 
+def test_medfilt_is_scipys():
+    """The crop's median filter (kernel 13, zero-padded ends) equals scipy.signal.medfilt, for
+    tracks shorter and longer than the kernel."""
+    from scipy.signal import medfilt
+
+    from operators.nets.asd import _medfilt
+    rng = np.random.default_rng(2)
+    for n in (1, 5, 12, 13, 14, 200):
+        x = rng.normal(100, 30, n)
+        np.testing.assert_array_equal(_medfilt(x), medfilt(x, 13))
+    assert len(_medfilt(np.zeros(0))) == 0
+
+
 def test_crops_equal_the_originals_padded_frame():
     """face_crops_224 fills only the crop's window instead of padding the whole frame: the same
     pixels, for boxes inside, across and outside the frame edges, small and large."""

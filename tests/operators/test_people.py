@@ -149,6 +149,26 @@ def test_batched_rows_give_the_same_tracks_as_one_at_a_time(op, media):
 
 
 @pytest.mark.slow
+def test_faces_at_face_fps_are_those_of_every_frame(op, media, models):
+    """face_fps 12.5 (the workflows') measures exactly the faces that face_fps 25 measures on the
+    same frames, on a 25 fps clip (vr_face2: every other frame, given to the face finder as a view)
+    and a 30 fps one (vr_face1: thinned to 25 a second, uneven slots, a copy of those frames)."""
+    half = People(str(models), hands_fps=1.0, face_fps=12.5)
+    half.setup()
+    try:
+        for name in ("vr_face2.mp4", "vr_face1.mp4"):
+            it = item(media / name, 0.0, 1.6)
+            (every,), (some,) = op.process_row(*it), half.process_row(*it)
+            src = np.asarray(some["face_source"])
+            measured = sample_positions(np.asarray(every["frame_times_s"]), 12.5)
+            assert (src[measured] == 1).all() and (np.delete(src, measured) == 3).all()
+            for col in ("face_boxes", "mouth_open", "jaw_open", "head_yaw"):
+                np.testing.assert_array_equal(arr(some, col)[measured], arr(every, col)[measured])
+    finally:
+        half.teardown()
+
+
+@pytest.mark.slow
 def test_dj_video4_two_people_with_faces(run, media):
     video, tracks = run(media / "dj_video4.mp4", 0.0, 8.0)
     with_face = [t for t in tracks if t["face_ratio"] >= 0.3]
