@@ -17,6 +17,7 @@ checks). With ``--from speaker_states`` on an existing store only speaker_states
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,8 +112,8 @@ def table(store: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--media", default=str(ROOT.parent / "shared" / "media"))
-    ap.add_argument("--models", default=str(ROOT.parent / "shared" / "models"))
+    ap.add_argument("--media", default=os.environ.get("CURATION_MEDIA", str(ROOT.parent / "shared" / "media")))
+    ap.add_argument("--models", default=os.environ.get("CURATION_MODELS", str(ROOT.parent / "shared" / "models")))
     ap.add_argument("--store", required=True, help="directory: composites, workflow and store go here")
     ap.add_argument("--from", dest="from_step", default=None, help="re-run from this step (speaker_states)")
     ap.add_argument("--table-only", action="store_true")
