@@ -47,34 +47,19 @@ def bad_inputs(tmp_path_factory, media) -> dict[str, Path]:
     return {"zero": zero, "text": text, "truncated": truncated, "audio_only": audio_only}
 
 
-# Composites of shared talking clips whose truth is how they were built (docs/av-labels.md): two
-# faces side by side (360 x 360 each, 5 s) or one, and whose voice is heard. "owner": the face whose
-# own voice it is, per half of the clip (left / right / none).
-_V = "fps=25,scale=360:360,setsar=1"
+# Composites of shared talking clips whose truth is how they were built (docs/av-labels.md), from
+# bench/composites.py (which builds them for both pairs): pair p2 (Katie Hill | vr_face3). "owner": the
+# face whose own voice it is, per half of the clip (left / right / none).
+sys.path.insert(0, str(ROOT))
+from bench.composites import LABEL_STEPS, build as _composite, composites as _composites  # noqa: E402
+
+_P2 = _composites("st_WDA_KatieHill_000.mp4", "vr_face3.mp4")
 COMPOSITES = {
-    # vr_face3 talks with her voice, Katie Hill beside her mouths her own words without sound
-    "mouthing": (["st_WDA_KatieHill_000.mp4", "vr_face3.mp4"],
-                 f"[0:v]{_V}[a];[1:v]{_V}[b];[a][b]hstack[v]", "1:a", ("right", "right")),
-    # the same two talking all the time; the first half of the audio is Katie's, the second vr_face3's
-    "alternating": (["st_WDA_KatieHill_000.mp4", "vr_face3.mp4"],
-                    f"[0:v]{_V}[a];[1:v]{_V}[b];[a][b]hstack[v];[0:a]aresample=44100,atrim=0:2.5,"
-                    "asetpts=PTS-STARTPTS[x];[1:a]aresample=44100,atrim=2.5:5,asetpts=PTS-STARTPTS[y];"
-                    "[x][y]concat=n=2:v=0:a=1[au]", "[au]", ("left", "right")),
-    # vr_face3 talking, the sound replaced by silence
-    "silence": (["vr_face3.mp4"], f"[0:v]{_V}[v];anullsrc=r=44100:cl=mono,atrim=0:5[au]", "[au]", (None, None)),
-    # vr_face3 talking, Katie Hill's voice instead of hers (a dub / voice-over)
-    "other_voice": (["vr_face3.mp4", "st_WDA_KatieHill_000.mp4"], f"[0:v]{_V}[v]", "1:a", (None, None)),
+    "mouthing": _P2["mouthing_right"],      # vr_face3 talks, Katie Hill beside her mouths without sound
+    "alternating": _P2["alternating"],      # both talk; the first half of the audio is Katie's, then vr_face3's
+    "silence": _P2["silence"],              # vr_face3 talking, the sound replaced by silence
+    "other_voice": _P2["dub_right"],        # vr_face3 talking with Katie Hill's voice (a dub / voice-over)
 }
-
-
-def _composite(media, out, inputs, graph, audio):
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
-    for name in inputs:
-        cmd += ["-i", str(media / name)]
-    cmd += ["-filter_complex", graph, "-map", "[v]", "-map", audio, "-t", "5", "-c:v", "libx264",
-            "-preset", "veryfast", "-c:a", "aac", str(out)]
-    subprocess.run(cmd, check=True)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -105,10 +90,6 @@ def composite_store(tmp_path_factory, media, models):
     assert {s["name"] for s in wf["steps"]} == set(LABEL_STEPS)
     (d / "conversation_labels.yaml").write_text(yaml.safe_dump(wf, sort_keys=False))
     return _conversation_run(d, [media / "vr_face2.mp4", *comps], models, d / "conversation_labels.yaml")
-
-
-LABEL_STEPS = ("probe", "shots", "audio", "clips", "people", "shot_people", "person_clips", "separation",
-               "asd", "sync", "speaker_states", "rerank")
 
 
 def _conversation_run(d: Path, files: list[Path], models, workflow: Path = ROOT / "workflows" / "conversation.yaml"):
