@@ -19,6 +19,12 @@ them with a saved run: per-frame agreement of the states on the frames both runs
 track and time), frames only one run has, and face coverage per track before and after. When the
 clips are bench/label_agreement.py's, its agreement with the reference labels is printed too.
 
+``--marginal`` runs the command twice, each in a fresh process: on the clips, and on the clips plus a
+remuxed copy of each (the same streams, other bytes: another video), and prints the cost of the
+second pass of video alone per step (the difference of the two runs over the difference of their
+video seconds): what a second of video costs once a process is warm (imports, model set-up and the
+first calls' costs paid), i.e. on a long run. ``--copies N`` runs on the clips plus N - 1 copies.
+
 Run the same command on two code versions (e.g. ``git stash`` or an exported tree with
 ``PYTHONPATH``) one after the other; the numbers of one run alone are noisy under load.
 """
@@ -174,6 +180,47 @@ def compare(new: dict, old: dict) -> None:
         print(f"| {tid} | {f(b, 0)} | {f(a, 0)} | {f(b, 1)} | {f(a, 1)} | {(a or b)[2]} |")
 
 
+def with_copies(inputs: list[str], copies: int, work: Path) -> list[str]:
+    """``inputs`` plus ``copies`` - 1 remuxed copies of each (streams copied, the container's
+    metadata changed: other bytes, so another video id; the same frames and sound)."""
+    import subprocess
+    out = list(inputs)
+    for k in range(1, copies):
+        for src in inputs:
+            dst = work / f"{Path(src).stem}_copy{k}{Path(src).suffix}"
+            subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", src, "-map", "0", "-c", "copy",
+                            "-metadata", f"comment=cost.py copy {k}", str(dst)], check=True)
+            out.append(str(dst))
+    return out
+
+
+def marginal(args) -> None:
+    """The per-step cost of the second pass of video: two fresh processes (copies 1 and 2)."""
+    import subprocess
+    runs = []
+    for copies in (1, 2):
+        out = Path(tempfile.mkdtemp(prefix="cost-marginal-")) / "run.json"
+        subprocess.run([sys.executable, __file__, "--media", args.media, "--models", args.models,
+                        "--workflows", args.workflows, "--clips", args.clips, "--copies", str(copies),
+                        "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+        runs.append(json.loads(out.read_text()))
+    for name in runs[0]:
+        a, b = runs[0][name], runs[1][name]
+        dv = b["video_s"] - a["video_s"]
+        steps = sorted(set(a["steps"]) | set(b["steps"]), key=lambda s: -b["steps"].get(s, 0))
+        print(f"\n### {name}: {a['video_s']:.1f} s of video -> {b['video_s']:.1f} s, in fresh processes "
+              f"(load {a['load_before']:.1f} -> {b['load_after']:.1f})\n")
+        print("| step | first pass CPU s / video s | second pass alone |")
+        print("|---|---|---|")
+        for s in steps:
+            print(f"| {s} | {a['steps'].get(s, 0) / a['video_s']:.3f} | "
+                  f"{(b['steps'].get(s, 0) - a['steps'].get(s, 0)) / dv:.3f} |")
+        for key, label in (("setup", "setup (all steps)"), ("runner", "runner")):
+            va, vb = (sum(r[key].values()) if key == "setup" else r[key] for r in (a, b))
+            print(f"| {label} | {va / a['video_s']:.3f} | {(vb - va) / dv:.3f} |")
+        print(f"| **total** | **{a['cpu_s'] / a['video_s']:.2f}** | **{(b['cpu_s'] - a['cpu_s']) / dv:.2f}** |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--media", default=str(ROOT.parent / "shared" / "media"))
@@ -183,8 +230,14 @@ def main() -> None:
     ap.add_argument("--clips", default=",".join(CLIPS), help="file names under --media")
     ap.add_argument("--out", default=None, help="save the results (JSON) for a later --baseline")
     ap.add_argument("--baseline", default=None, help="a JSON saved by --out to compare with")
+    ap.add_argument("--copies", type=int, default=1, help="run on the clips plus N - 1 remuxed copies")
+    ap.add_argument("--marginal", action="store_true",
+                    help="the cost of a second pass of video in a warm process (two fresh runs)")
     args = ap.parse_args()
-    inputs = [str(Path(args.media) / c) for c in args.clips.split(",")]
+    if args.marginal:
+        return marginal(args)
+    inputs = with_copies([str(Path(args.media) / c) for c in args.clips.split(",")], args.copies,
+                         Path(tempfile.mkdtemp(prefix="cost-copies-")))
     results = {}
     for name in args.workflows.split(","):
         store = tempfile.mkdtemp(prefix=f"cost-{Path(name).stem}-")
