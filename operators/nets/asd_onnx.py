@@ -196,10 +196,15 @@ def check(net: nn.Module, parts: "OnnxParts") -> None:
 
 
 def load(net: nn.Module, weights: Path, threads: int = 1) -> "OnnxParts":
-    """The graphs of ``net`` with ``weights`` (exported now unless cached), as callables."""
+    """The graphs of ``net`` with ``weights`` (exported now unless cached), as callables. A cached
+    graph onnxruntime cannot load (a damaged file) is exported again, not left to fail every run."""
     d = export_dir(weights)
-    if not all((d / f"{p}.onnx").is_file() for p in PARTS):
-        export(net, d)
+    if all((d / f"{p}.onnx").is_file() for p in PARTS):
+        try:
+            return OnnxParts(d, threads)
+        except Exception:  # noqa: BLE001 - whatever onnxruntime says of a damaged file: export anew
+            shutil.rmtree(d, ignore_errors=True)
+    export(net, d)
     return OnnxParts(d, threads)
 
 

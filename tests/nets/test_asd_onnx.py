@@ -85,6 +85,17 @@ def test_export_is_cached_and_checked(cache, models):
         asd_onnx.check(net.net, asd_onnx.OnnxParts(d))
 
 
+def test_a_damaged_cached_graph_is_exported_again(cache, models):
+    """A cached graph onnxruntime cannot read is exported again: onnxruntime still runs (no
+    PyTorch fallback on every later run)."""
+    ActiveSpeakerNet(models, "lr", "ava", runtime="onnxruntime")
+    (d,) = list(cache.iterdir())
+    (d / "visual.onnx").write_bytes(b"not an onnx graph")
+    net = ActiveSpeakerNet(models, "lr", "ava", runtime="onnxruntime")
+    assert net.fallback is None and net.runtime.startswith("onnxruntime")
+    assert (d / "visual.onnx").stat().st_size > 100_000
+
+
 def test_falls_back_to_torch_without_onnxruntime(cache, models, monkeypatch):
     """No onnxruntime (or a failed export): the PyTorch modules, the reason kept, the backend name
     without a runtime (the rows say which produced the values)."""
