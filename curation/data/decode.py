@@ -88,6 +88,7 @@ def _span_end(start_s: float, n: int, fps: float) -> float:
 
 def _pyav(path, start_s, n, fps, size, audio_rate=None, out=None) -> WindowFrames:
     import av
+    from av.video.reformatter import VideoReformatter
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -109,12 +110,16 @@ def _pyav(path, start_s, n, fps, size, audio_rate=None, out=None) -> WindowFrame
         h, w = size or src
         images = out if _fits(out, (len(idx), h, w, 3)) else np.empty((len(idx), h, w, 3), np.uint8)
         first_row: dict[int, int] = {}
+        # one scaler for the window, one thread: a frame's own to_ndarray() would make (and free)
+        # a scaler with a thread per core for every frame, most of a small window's system time
+        scaler = VideoReformatter()
         for k, i in enumerate(idx):
             if i in first_row:              # a source frame shown twice (a slower source)
                 images[k] = images[first_row[i]]
             else:
                 first_row[i] = k
-                images[k] = frames[i].to_ndarray(format="rgb24", width=w, height=h)
+                images[k] = scaler.reformat(frames[i], format="rgb24", width=w, height=h,
+                                            threads=1).to_ndarray()
         if images is out:
             out[len(idx):] = 0
             images = out[:len(idx)]
