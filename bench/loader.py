@@ -8,14 +8,18 @@ of its token buckets.
    conditions, online checks of ``--profile``) over ``--epochs`` epochs of 2 s windows of the shared clips (a
    store made with probe + shots + clips + audio_features, or ``--store``), as a ratio to a bare
    decode of the same windows (``curation.data.decode.read_window`` alone: the frames only, the same
-   function, backend, decoder threads and size as the loader's, each into a fresh array) on the same
-   cores: in one process (0 workers), and with W processes each side (the loader's spawned DataLoader
-   workers, which hand every batch to the main process, against a spawned ``multiprocessing`` pool of
-   W decoding the same windows and returning their frame counts). Each repeat runs both back to back,
-   alternating which goes first; the ratios of each pair (wall, steady state, CPU time of the process
-   and its workers) are reported as median and range over ``--repeats``, with the load average.
+   function, backend, decoder threads, size and malloc settings as the loader's, into one reused
+   array per frame size: no allocation) on the same cores: in one process (0 workers), and with W
+   processes each side (the loader's spawned DataLoader workers, which hand every batch to the main
+   process, against a spawned ``multiprocessing`` pool of W decoding the same windows and returning
+   their frame counts). Each side runs in a fresh process (in one process, one side's frees changed
+   the other's page faults 2-5x); each repeat runs both, alternating which goes first. Reported:
+   the ratios of windows per second and of CPU seconds per window (the process and its workers), of
+   the whole run (from the first step asked for; the loader's stream is made before, as the bare
+   decode's window list is) and of the steady state (after the first epoch: every video opened,
+   every worker started), median and range over ``--repeats``, with the load average.
    And in one process **step by step** (``interleaved``): each step of the loader and a bare decode
-   of its windows, alternating, so both see the same load: the measure that survives other jobs.
+   of its windows, alternating, so both see the same load.
 2. **Resident memory** of the process while an endless stream (0 workers) delivers
    ``--memory-windows`` windows of tiny generated clips (tests/synthetic.py), sampled every 1,000.
 3. **Padding** of the token buckets: windows of 2-6 s (``window_s=(2, 6)``) of the shared clips'
@@ -54,12 +58,22 @@ def make_store(media: str, models: str, root: Path) -> str:
     return str(root / "store")
 
 
+_OUT: dict = {}     # the bare decode's output arrays, one per frame size, reused window after window
+
+
 def _bare(job):
+    """Decode one window's frames into this process's reused array of its size (no allocation:
+    the decode limit; the loader's step buffers are reused too)."""
+    import numpy as np
+
     from curation import malloc
     from curation.data.decode import read_window
     malloc.tune()             # as the loader's processes (ClipStream) do
-    path, start, n, fps, size = job
-    return len(read_window(path, start, n, fps, size).images)
+    path, start, n, fps, size, hw = job
+    out = _OUT.get(hw)
+    if out is None or len(out) < n:
+        out = _OUT[hw] = np.empty((n + 8, *hw, 3), np.uint8)
+    return len(read_window(path, start, n, fps, size, out=out).images)
 
 
 def bare_jobs(stream, epochs: int) -> list:
@@ -67,7 +81,8 @@ def bare_jobs(stream, epochs: int) -> list:
     for b in (b for e in range(epochs) for b in stream.plan(e).batches):
         for i in b:
             w = stream.windows[i]
-            jobs.append((stream.video_row(w.video_id)["uri"], w.start_s, w.frames, stream.fps, stream.size))
+            jobs.append((stream.video_row(w.video_id)["uri"], w.start_s, w.frames, stream.fps, stream.size,
+                         tuple(stream.size or (w.height, w.width))))
     return jobs
 
 
@@ -205,7 +220,7 @@ def interleaved(args, store: str) -> None:
                     for i in batch:
                         w = stream.windows[i]
                         _bare((stream.video_row(w.video_id)["uri"], w.start_s, w.frames, stream.fps,
-                               stream.size))
+                               stream.size, tuple(stream.size or (w.height, w.width))))
                 else:
                     next(it)
                 run[what][0] += time.perf_counter() - t
