@@ -79,3 +79,16 @@ def test_worker_set_up_freezes_the_collected_objects(tmp_path):
         assert gc.get_freeze_count() > 10_000   # modules, classes, the operators' set-up
     finally:
         gc.unfreeze()
+
+
+def test_numpy_asks_for_no_huge_pages():
+    """numpy's madvise(MADV_HUGEPAGE) of big arrays is off once curation is imported first (the
+    user's own NUMPY_MADVISE_HUGEPAGE still wins)."""
+    code = ("import curation, numpy; "
+            "print(numpy._core.multiarray._set_madvise_hugepage(False))")   # returns the setting it replaces
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
+    env["NUMPY_MADVISE_HUGEPAGE"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True"]
