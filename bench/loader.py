@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,9 @@ def make_store(media: str, models: str, root: Path) -> str:
 
 
 def _bare(job):
+    from curation import malloc
     from curation.data.decode import read_window
+    malloc.tune()             # as the loader's processes (ClipStream) do
     path, start, n, fps, size = job
     return len(read_window(path, start, n, fps, size).images)
 
@@ -70,90 +71,113 @@ def bare_jobs(stream, epochs: int) -> list:
     return jobs
 
 
-def cpu_seconds() -> float:
-    """CPU seconds of this process (all threads) and of its finished children (pool / DataLoader
-    workers are joined before the clock is read)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def run_bare(jobs, workers: int) -> tuple[float, float, float, float]:
-    """(seconds in all, seconds of the steady state (from when every worker delivered a window)
-    scaled to all windows, CPU seconds, seconds to the first window)."""
-    c0 = cpu_seconds()
-    t0 = time.perf_counter()
-    times = []
-    if workers:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for _ in pool.imap(_bare, jobs, chunksize=1):
-                times.append(time.perf_counter())
-    else:
-        for job in jobs:
-            _bare(job)
-            times.append(time.perf_counter())
-    end = time.perf_counter()
-    k = min(max(workers, 1), len(times) - 1)          # windows delivered before the steady state
-    return (end - t0, (end - times[k - 1]) * len(jobs) / (len(jobs) - k), cpu_seconds() - c0,
-            times[0] - t0)
-
-
-def run_loader(make, workers: int) -> tuple[float, float, float, float, int]:
-    """As run_bare (the first window: the first step's); the steady state starts once every
-    DataLoader worker delivered a step."""
-    from curation.data.loader import make_loader
-    c0 = cpu_seconds()
-    t0 = time.perf_counter()
-    arrivals, n = [], 0
-    for b in make_loader(make(), num_workers=workers):
-        n += len(b["clip_id"])
-        arrivals.append((time.perf_counter(), n))
-    end = time.perf_counter()
-    t_k, n_k = arrivals[min(max(workers, 1), len(arrivals) - 1) - 1]
-    return (end - t0, (end - t_k) * n / max(1, n - n_k), cpu_seconds() - c0, arrivals[0][0] - t0, n)
-
-
 def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def throughput(args, store: str) -> None:
-    """Each repeat runs the bare decode and the loader back to back (alternating which goes first)
-    and gives their ratios: wall (whole run, and steady state) and CPU time; the table gives the
-    median and the range of the repeats' ratios, and the load average around them."""
-    from curation.data import ClipStream
+def _cpu_tree() -> float:
+    """CPU seconds (user + sys) so far of this process and its live and finished children (the
+    DataLoader's or the pool's workers)."""
+    import psutil
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:4])          # user, system, children_user, children_system
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 
-    def make():
-        return ClipStream(store, profile=args.profile, window_s=2.0, seed=0, epochs=args.epochs,
-                          size=args.size, divisible_by=1, batch_windows=2, verdicts=False)
-    jobs = bare_jobs(make(), args.epochs)
-    print(f"\n## delivered windows / s vs bare decode ({len(jobs)} windows of 2 s at 25 fps, "
-          f"size {args.size or 'native'}, profile {args.profile}, {args.repeats} repeats: median (range))\n")
-    print("| workers | bare decode windows/s | loader windows/s | ratio | steady ratio (every worker "
-          "started) | CPU-time ratio | first window: bare / loader s | load average |")
-    print("|---|---|---|---|---|---|---|---|")
+
+def run_side(args, store: str, side: str, workers: int) -> dict:
+    """One side (``bare`` or ``loader``) in this process: its arrivals (seconds from the start of
+    the iteration, windows so far, CPU seconds of the process tree so far). The loader's stream is
+    made, and the bare decode's window list read, before the clock starts."""
+    from curation.data import ClipStream
+    from curation.data.loader import make_loader
+    stream = ClipStream(store, profile=args.profile, window_s=2.0, seed=0, epochs=args.epochs,
+                        size=args.size, divisible_by=1, batch_windows=2, verdicts=False)
+    per_epoch = sum(map(len, stream.plan(0).batches))
+    jobs = bare_jobs(stream, args.epochs)
+    arrivals = []
+    c0, t0 = _cpu_tree(), time.perf_counter()
+
+    def arrive(n):
+        arrivals.append((time.perf_counter() - t0, n, _cpu_tree() - c0))
+    if side == "loader":
+        n = 0
+        for b in make_loader(stream, num_workers=workers):
+            n += len(b["clip_id"])
+            arrive(n)
+    elif workers:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for n, _ in enumerate(pool.imap(_bare, jobs, chunksize=1), start=1):
+                arrive(n)
+    else:
+        for n, job in enumerate(jobs, start=1):
+            _bare(job)
+            arrive(n)
+    return {"arrivals": arrivals, "per_epoch": per_epoch, "windows": len(jobs)}
+
+
+def _side_in_fresh_process(args, side: str, workers: int) -> dict:
+    import json
+    cmd = [sys.executable, __file__, "--side", side, "--workers", str(workers), "--store", args.store,
+           "--epochs", str(args.epochs)] + (["--profile", args.profile] if args.profile else []) + \
+        (["--size", "x".join(map(str, args.size))] if args.size else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _rates(res: dict) -> tuple[float, float, float, float, float]:
+    """(windows/s of the whole run, windows/s after the first epoch (the steady state: every video
+    opened once, every worker started), CPU s per window of each, seconds to the first step)."""
+    arr = res["arrivals"]
+    t_end, n_end, c_end = arr[-1]
+    k = next(i for i, a in enumerate(arr) if a[1] >= res["per_epoch"])     # the first epoch's end
+    t_k, n_k, c_k = arr[k]
+    return (n_end / t_end, (n_end - n_k) / (t_end - t_k), c_end / n_end, (c_end - c_k) / (n_end - n_k),
+            arr[0][0])
+
+
+def throughput(args, store: str) -> None:
+    """Each side runs in a fresh process (so neither inherits the other's allocator and page-cache
+    state: one side's large frees change glibc's mmap threshold, and with it the other's page
+    faults, 2-5x), each repeat both sides back to back, alternating which goes first. Ratios of the
+    whole run and of the steady state (after the first epoch), of windows per second and of CPU
+    seconds (the process and its workers) per window; median and range over the repeats."""
+    args.store = store
+    probe = _side_in_fresh_process(args, "bare", 0) if args.repeats == 0 else None
+    del probe
+    print(f"\n## delivered windows / s vs bare decode (2 s windows at 25 fps, {args.epochs} epochs, size "
+          f"{args.size or 'native'}, profile {args.profile}, each side in a fresh process, "
+          f"{args.repeats} repeats: median (range))\n")
+    print("| workers | windows | bare decode windows/s (steady) | loader windows/s (steady) | ratio | "
+          "steady ratio | CPU-time ratio | steady CPU-time ratio | first step: bare / loader s | "
+          "load average |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for workers in args.workers:
-        ratios, rates, firsts, loads = [], [], [], []
+        ratios, rates, firsts, loads, n = [], [], [], [], 0
         for r in range(args.repeats):
             loads.append(os.getloadavg()[0])
             got = {}
-            for what in (("bare", "loader") if r % 2 == 0 else ("loader", "bare")):
-                if what == "bare":
-                    got["bare"] = run_bare(jobs, workers)
-                else:
-                    *got["loader"], n = run_loader(make, workers)
-                    assert n == len(jobs), (n, len(jobs))
+            for side in (("bare", "loader") if r % 2 == 0 else ("loader", "bare")):
+                res = _side_in_fresh_process(args, side, workers)
+                got[side], n = _rates(res), res["windows"]
             b, lo = got["bare"], got["loader"]
-            ratios.append((b[0] / lo[0], b[1] / lo[1], b[2] / lo[2]))
-            rates.append((len(jobs) / b[0], len(jobs) / lo[0]))
-            firsts.append((b[3], lo[3]))
+            ratios.append((lo[0] / b[0], lo[1] / b[1], b[2] / lo[2], b[3] / lo[3]))
+            rates.append((b[1], lo[1]))
+            firsts.append((b[4], lo[4]))
             loads.append(os.getloadavg()[0])
             print(f"  repeat {r}: ratio {ratios[-1][0]:.3f}, steady {ratios[-1][1]:.3f}, "
-                  f"CPU {ratios[-1][2]:.3f}, load {loads[-2]:.1f}-{loads[-1]:.1f}", file=sys.stderr)
-        cols = [_spread([x[k] for x in ratios]) for k in (0, 1, 2)]
-        print(f"| {workers} | {statistics.median(x[0] for x in rates):.2f} | "
-              f"{statistics.median(x[1] for x in rates):.2f} | **{cols[0]}** | {cols[1]} | {cols[2]} | "
-              f"{statistics.median(x[0] for x in firsts):.1f} / {statistics.median(x[1] for x in firsts):.1f} "
-              f"| {min(loads):.1f}-{max(loads):.1f} |", flush=True)
+                  f"CPU {ratios[-1][2]:.3f}, steady CPU {ratios[-1][3]:.3f}, "
+                  f"load {loads[-2]:.1f}-{loads[-1]:.1f}", file=sys.stderr)
+        cols = [_spread([x[k] for x in ratios]) for k in range(4)]
+        print(f"| {workers} | {n} | {statistics.median(x[0] for x in rates):.2f} | "
+              f"{statistics.median(x[1] for x in rates):.2f} | {cols[0]} | **{cols[1]}** | {cols[2]} | "
+              f"**{cols[3]}** | {statistics.median(x[0] for x in firsts):.2f} / "
+              f"{statistics.median(x[1] for x in firsts):.2f} | {min(loads):.1f}-{max(loads):.1f} |",
+              flush=True)
 
 
 def interleaved(args, store: str) -> None:
@@ -261,9 +285,14 @@ def main() -> None:
     ap.add_argument("--memory-windows", type=int, default=20000)
     ap.add_argument("--batch-tokens", type=int, default=256 * 256 * 150 * 16)
     ap.add_argument("--skip", default="", help="comma list of: interleaved, throughput, memory, padding")
+    ap.add_argument("--side", choices=("bare", "loader"), help=argparse.SUPPRESS)   # one side, as JSON
     args = ap.parse_args()
     args.workers = [int(w) for w in args.workers.split(",")]
     args.size = tuple(int(x) for x in args.size.split("x")) if args.size else None
+    if args.side:
+        import json
+        print(json.dumps(run_side(args, args.store, args.side, args.workers[0])))
+        return
     skip = set(args.skip.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

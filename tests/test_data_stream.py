@@ -216,6 +216,35 @@ def test_dataloader_workers_give_the_same_steps_and_resume(synth):
     assert [_batch_digest(b) for b in resumed] == ref[n + 1:]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batch_memory_is_reused_only_once_the_trainer_dropped_the_batch(synth, workers):
+    """Step buffers are reused (the main process's pool, the workers' shared-memory rings given back
+    by the main process): batches a trainer keeps (here all of them, and a numpy view of one) keep
+    their frames, and batches it drops give their memory back."""
+    from curation.data import buffers
+    from curation.data.loader import collate, make_loader
+    uri, _ = synth
+    kw = dict(window_s=1.0, seed=6, epochs=2, divisible_by=2, batch_windows=2)
+    ref = [_batch_digest(collate(b)) for b in ClipStream(uri, **kw).iter_steps()]
+    buffers.POOL.clear()
+    kept = list(make_loader(ClipStream(uri, **kw), num_workers=workers))      # every batch held
+    assert [_batch_digest(b) for b in kept] == ref
+    view = kept[1]["frames"][0].numpy()
+    first = view.copy()
+    del kept
+    pooled = len(buffers.POOL.kept)
+    loader = make_loader(ClipStream(uri, **kw), num_workers=workers)
+    got = []
+    for b in loader:                                   # each batch dropped once digested
+        got.append(_batch_digest(b))
+        del b
+    assert got == ref and np.array_equal(view, first)
+    if workers:
+        assert loader.releaser.released >= len(ref) - 2 * (2 + 3)   # all but the last few in flight
+    else:
+        assert len(buffers.POOL.kept) == pooled         # nothing new: the kept buffers were reused
+
+
 def digest(batch) -> str:
     h = hashlib.sha256()
     for s in batch:

@@ -21,14 +21,18 @@ from curation.data.stream import ClipStream
 
 
 class StepDataset(IterableDataset):
-    """Yields this rank's share of each global step as a list of samples (one DataLoader item)."""
+    """Yields this rank's share of each global step as a list of samples (one DataLoader item).
+    ``flags``: the workers' ring slots (see :class:`curation.data.buffers.SharedRing`),
+    ``slots`` of them per worker."""
 
-    def __init__(self, stream: ClipStream):
-        self.stream = stream
+    def __init__(self, stream: ClipStream, flags: torch.Tensor | None = None, slots: int = 0):
+        self.stream, self.flags, self.slots = stream, flags, slots
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None and self.flags is not None:
+            buffers.RING = buffers.SharedRing(self.flags, range(worker * self.slots, (worker + 1) * self.slots))
         yield from self.stream.iter_steps(worker, workers)
 
 
@@ -55,7 +59,10 @@ def _frames(samples: list[dict], t_max: int) -> torch.Tensor:
         if buf.shape[:2] == (len(samples), t_max) and all(
                 buffers.starts_row(s["frames"], rows[k]) for k, s in enumerate(samples)):
             return buf
-    return _pad([s["frames"] for s in samples], t_max)
+    out = _pad([s["frames"] for s in samples], t_max)
+    for h in {id(h[0]): h[0] for h in held if h}.values():
+        buffers.give_back(h)          # not sent: its ring slot is free again
+    return out
 
 
 def collate(samples: list[dict]) -> dict:
@@ -82,6 +89,8 @@ def collate(samples: list[dict]) -> dict:
     batch["audio_features"] = None if any(f is None for f in feats) else _pad(feats, t_max)
     for key in ("clip_id", "video_id", "text", "references", "fps", "replaced", "audio_source"):
         batch[key] = [s.get(key) for s in samples]
+    if get_worker_info() is not None:
+        batch["frames_slot"] = buffers.slot_of(batch["frames"])   # WindowLoader gives it back
     return batch
 
 
@@ -92,17 +101,28 @@ class WindowLoader:
                  prefetch_factor: int | None = 2, pin_memory: bool = False):
         self.stream, self.num_workers, self.collate_fn = stream, int(num_workers), collate_fn
         self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
+        self.releaser: buffers.Releaser | None = None    # the ring slots of the last iteration's workers
 
     def __iter__(self):
-        kw = {}
+        kw, releaser, slots = {}, None, 0
         if self.num_workers:
             kw = dict(multiprocessing_context="spawn", prefetch_factor=self.prefetch_factor,
                       persistent_workers=False)
-        dl = DataLoader(StepDataset(self.stream), batch_size=None, num_workers=self.num_workers,
-                        collate_fn=self.collate_fn, pin_memory=self.pin_memory, **kw)
+            # a worker's steps in flight (prefetched, being built) and the two the trainer may hold
+            slots = (self.prefetch_factor or 2) + 3
+            releaser = buffers.Releaser(self.num_workers * slots)
+        self.releaser = releaser
+        dl = DataLoader(StepDataset(self.stream, releaser.flags if releaser else None, slots),
+                        batch_size=None, num_workers=self.num_workers, collate_fn=self.collate_fn,
+                        pin_memory=self.pin_memory, **kw)
         for batch in dl:
             # the position after this step (workers ran on copies of the stream)
             self.stream.epoch, self.stream.step, self.stream.offset = batch["epoch"], batch["step"] + 1, 0
+            if releaser is not None:
+                releaser.release()        # the slots of the batches the trainer has dropped
+                batch = releaser.hold(batch)
+            else:
+                batch.pop("frames_slot", None)
             yield batch
 
     def state_dict(self) -> dict:

@@ -78,8 +78,10 @@ class ClipStream(IterableDataset):
                  rank: int | None = None, world_size: int | None = None, epochs: int | None = None,
                  validate: bool = True, verdicts: bool = True, max_references: int = 4,
                  backend: str = DEFAULT_BACKEND):
+        from curation import malloc
         from curation.store import Store
         from curation.validate.profile import load_profile
+        malloc.tune()    # decoded frames reuse freed memory (see curation/malloc.py)
         self.uri = store.uri if isinstance(store, Store) else str(store)
         self.profile = load_profile(profile) if profile else None
         self.where = _and(where, self.profile.where if self.profile else None)
@@ -118,7 +120,9 @@ class ClipStream(IterableDataset):
     def __setstate__(self, state):
         """A worker cuts the windows again from the same table versions (a million windows would
         be a 100 MB pickle per worker) and checks it got the same list."""
+        from curation import malloc
         self.__dict__.update(state)
+        malloc.tune()
         self._reset_caches()
         self.windows = self._cut()
         if fingerprint(self.windows) != self.fingerprint:
@@ -211,6 +215,8 @@ class ClipStream(IterableDataset):
                         sample["frames_buffer"] = (buf, k)
                 if batch:
                     yield epoch, s, batch, skip, len(share)
+                else:
+                    buffers.give_back(buf)
                 del batch, buf, rows     # the consumer holds the step; the next is built without it
             epoch, step = epoch + 1, 0
             self.epoch, self.step, self.offset = epoch, 0, 0
