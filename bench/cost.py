@@ -10,7 +10,9 @@ the end of a stage call is that call's cost. A call of a fused frame stage (one 
 several steps) is split between its steps in proportion to the seconds the runner reports for each
 (its decode shared equally). Setting a stage up (loading its models) is counted apart, as
 ``setup``; what the runner does between calls (ingest, commits, planning) is ``runner``.
-Reported per step: CPU s, CPU s per video s, share of the run; the total per video s; the wall time;
+Reported per step: CPU s, CPU s per video s, share of the run; the total per video s; the process's
+CPU since it started (imports before the bench's clock included: for the first workflow of the
+command, the whole run as ``/usr/bin/time`` counts it, less the interpreter's exit); the wall time;
 the load average before and after (CPU is shared on this machine: compare runs made side by side).
 
 With ``--out`` the per-frame speak / listen / idle / discard states of every person clip of the
@@ -116,6 +118,7 @@ def run_workflow(name: str, inputs: list[str], models: str, store_dir: str) -> d
     dur = sum(v["duration_s"] or 0 for v in videos)
     return {"workflow": name, "video_s": dur, "cpu_s": cpu, "wall_s": wall,
             "load_before": load0, "load_after": os.getloadavg()[0],
+            "process_cpu_s": cpu_now(),   # since the process started: imports included
             "steps": dict(meter.steps), "setup": dict(meter.setup), "calls": dict(meter.calls),
             "runner": cpu - sum(meter.steps.values()) - sum(meter.setup.values()),
             "store": store_dir, **labels_of(st)}
@@ -150,6 +153,9 @@ def print_cost(r: dict) -> None:
     for name, s in rows:
         print(f"| {name} | {s:.1f} | {s / vs:.3f} | {s / r['cpu_s']:.0%} |")
     print(f"| **total** | {r['cpu_s']:.1f} | **{r['cpu_s'] / vs:.2f}** | |")
+    if "process_cpu_s" in r:   # the first workflow of the command: its whole process, imports included
+        print(f"\nthe process so far (imports included): {r['process_cpu_s']:.1f} CPU s, "
+              f"{r['process_cpu_s'] / vs:.2f} per video s of this workflow")
 
 
 def compare(new: dict, old: dict) -> None:

@@ -12,6 +12,7 @@ calls every operator's ``teardown()`` when the worker ends.
 from __future__ import annotations
 
 import atexit
+import gc
 import io
 import pickle
 import uuid
@@ -49,6 +50,9 @@ class StageWorker:
                 self.setup_error = setup_failure(name, op, e)
                 break
         self.names = [spec[0] for spec in specs]
+        # the objects of the imports and models made so far (hundreds of thousands) out of the
+        # cyclic collector's generations: its full collections stop walking them on every pass
+        gc.freeze()
 
     def __call__(self, video_ids: list[str]) -> list[tuple[str, list[StepResult]]]:
         if self.setup_error:
