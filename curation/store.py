@@ -504,16 +504,25 @@ class Store:
         return ds.to_table(columns=list(columns) + [blob], filter=_checked(where),
                            blob_handling="all_binary").to_pylist()
 
-    def blob_range(self, table: str, column: str, where: str, offset: int, size: int,
-                   version: int | str | None = None) -> bytes | None:
+    def row_id(self, table: str, where: str, version: int | str | None = None) -> int | None:
+        """Lance's row id of the first row matching ``where`` at ``version`` (for :meth:`blob_range`:
+        finding the row is most of a small ranged read), None when no row matches."""
+        t = self.dataset(table, version=version).to_table(columns=[], filter=_checked(where),
+                                                          with_row_id=True, limit=1)
+        return t["_rowid"][0].as_py() if t.num_rows else None
+
+    def blob_range(self, table: str, column: str, where: str | None, offset: int, size: int,
+                   version: int | str | None = None, row_id: int | None = None) -> bytes | None:
         """``size`` bytes from ``offset`` of the blob column ``column`` of the first row matching
-        ``where`` (a ranged read: a window's slice of a long video's features, not the whole blob);
-        None when no row matches or the blob is null."""
+        ``where`` (or of the row ``row_id`` of that version, from :meth:`row_id`: 1 ms a read here
+        against 9 ms with the search); a ranged read: a window's slice of a long video's features,
+        not the whole blob. None when no row matches or the blob is null."""
         ds = self.dataset(table, version=version)
-        t = ds.to_table(columns=[], filter=_checked(where), with_row_id=True, limit=1)
-        if not t.num_rows:
-            return None
-        (f,) = ds.take_blobs(column, ids=[t["_rowid"][0].as_py()])
+        if row_id is None:
+            row_id = self.row_id(table, where, version)
+            if row_id is None:
+                return None
+        (f,) = ds.take_blobs(column, ids=[row_id])
         if f is None:
             return None
         with f:

@@ -96,6 +96,13 @@ def test_loader_on_real_clips_frames_in_time_audio_and_features(real):
         assert np.abs(other.images.astype(np.int16) - x["frames"]).mean() < 2.0
     for x in got["lp_d0.mp4"]:
         assert not x["has_audio"] and not x["audio"].any() and x["audio_features"] is None
+    # the features come from the window's own video and time (the read by row id = a whole-blob read)
+    from curation.data import conditions as cond
+    from curation.store import Store
+    (F, G, D), rate, t0, _ = stream._features_meta(dj[3]["video_id"])
+    blob = Store(uri).blob_range("videos", "audio_features", f"video_id = '{dj[3]['video_id']}'", 0, F * G * D * 2)
+    whole = np.frombuffer(blob, np.float16).reshape(F, G, D)
+    np.testing.assert_array_equal(dj[3]["audio_features"], cond.features_at(whole, rate, t0, dj[3]["pts"]))
 
 
 def test_dj_video4_states_line_up_with_the_frames(conversation_store):

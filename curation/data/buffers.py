@@ -43,8 +43,6 @@ class Pool:
                 self.kept.append(self.kept.pop(k))                # most recently used last
                 base = self.kept[-1][0]
             else:
-                # numpy's allocation: large arrays get transparent huge pages (madvise), which a
-                # fresh batch faults in 512 times faster than torch.empty's 4 kB pages
                 base = torch.from_numpy(np.empty(n + n // 8 + 64, np.uint8))
                 self.kept.append((base, self._uses(base)))
                 while sum(len(t) for t, _ in self.kept) > self.limit and len(self.kept) > 1:

@@ -326,28 +326,30 @@ class ClipStream(IterableDataset):
         meta = self._features.get_or(video_id, lambda: self._features_meta(video_id))
         if meta is None or not len(pts):
             return None
-        (frames, groups, dim), rate, t0 = meta
+        (frames, groups, dim), rate, t0, row_id = meta
         row = groups * dim * 2                                    # float16
         f0 = int(np.clip(np.floor((pts[0] - t0) * rate) - 1, 0, frames - 1))
         f1 = int(np.clip(np.ceil((pts[-1] - t0) * rate) + 2, f0 + 1, frames))
-        from curation.store import sql_quote
-        data = self._store.blob_range("videos", "audio_features", f"video_id = {sql_quote(video_id)}",
-                                      f0 * row, (f1 - f0) * row, version=self.versions["videos"])
+        data = self._store.blob_range("videos", "audio_features", None, f0 * row, (f1 - f0) * row,
+                                      version=self.versions["videos"], row_id=row_id)
         values = np.frombuffer(data, np.float16).reshape(f1 - f0, groups, dim)
         return cond.features_at(values, rate, t0 + f0 / rate, pts)
 
     def _features_meta(self, video_id: str):
-        """((F, G, D), rate, start) of the video's features, None when it has none."""
+        """((F, G, D), rate, start, row id) of the video's features (the row id of the videos table
+        at the pinned version: each window's read then skips the search), None when it has none."""
         from curation.store import sql_quote
         if "audio_features" not in self._store.dataset("videos", self.versions["videos"]).schema.names:
             return None
+        where = f"video_id = {sql_quote(video_id)}"
         cols = ["audio_features_shape", "audio_features_hz", "audio_features_start_s"]
-        rows = self._query("videos", f"video_id = {sql_quote(video_id)}", cols).to_pylist()
+        rows = self._query("videos", where, cols).to_pylist()
         r = rows[0] if rows else {}
         if not r.get("audio_features_shape"):
             return None
         return tuple(r["audio_features_shape"]), float(r["audio_features_hz"]), \
-            float(r.get("audio_features_start_s") or 0.0)
+            float(r.get("audio_features_start_s") or 0.0), \
+            self._store.row_id("videos", where, self.versions["videos"])
 
     def _references(self, clip: dict) -> list[np.ndarray]:
         if "references" not in self.versions or self.max_references <= 0:
