@@ -69,20 +69,24 @@ def _bare(job):
     from curation import malloc
     from curation.data.decode import read_window
     malloc.tune()             # as the loader's processes (ClipStream) do
-    path, start, n, fps, size, hw = job
+    path, start, n, fps, size, hw, audio_rate = job
     out = _OUT.get(hw)
     if out is None or len(out) < n:
         out = _OUT[hw] = np.empty((n + 8, *hw, 3), np.uint8)
-    return len(read_window(path, start, n, fps, size, out=out).images)
+    return len(read_window(path, start, n, fps, size, out=out, audio_rate=audio_rate).images)
 
 
-def bare_jobs(stream, epochs: int) -> list:
+def bare_jobs(stream, epochs: int, audio: bool = False) -> list:
+    """Every window of the epochs' plans, in step order; with ``audio``, its audio (16 kHz mono) is
+    decoded in the same pass as its frames, as the loader does."""
     jobs = []
     for b in (b for e in range(epochs) for b in stream.plan(e).batches):
         for i in b:
             w = stream.windows[i]
-            jobs.append((stream.video_row(w.video_id)["uri"], w.start_s, w.frames, stream.fps, stream.size,
-                         tuple(stream.size or (w.height, w.width))))
+            video = stream.video_row(w.video_id)
+            jobs.append((video["uri"], w.start_s, w.frames, stream.fps, stream.size,
+                         tuple(stream.size or (w.height, w.width)),
+                         16000 if audio and video.get("has_audio") else None))
     return jobs
 
 
@@ -105,7 +109,7 @@ def _cpu_tree() -> float:
 
 
 def run_side(args, store: str, side: str, workers: int) -> dict:
-    """One side (``bare`` or ``loader``) in this process: its arrivals (seconds from the start of
+    """One side (``bare``, ``bare_av`` or ``loader``) in this process: its arrivals (seconds from the start of
     the iteration, windows so far, CPU seconds of the process tree so far). The loader's stream is
     made, and the bare decode's window list read, before the clock starts."""
     from curation.data import ClipStream
@@ -113,7 +117,7 @@ def run_side(args, store: str, side: str, workers: int) -> dict:
     stream = ClipStream(store, profile=args.profile, window_s=2.0, seed=0, epochs=args.epochs,
                         size=args.size, divisible_by=1, batch_windows=2, verdicts=False)
     per_epoch = sum(map(len, stream.plan(0).batches))
-    jobs = bare_jobs(stream, args.epochs)
+    jobs = bare_jobs(stream, args.epochs, audio=side == "bare_av")
     arrivals = []
     c0, t0 = _cpu_tree(), time.perf_counter()
 
@@ -156,43 +160,45 @@ def _rates(res: dict) -> tuple[float, float, float, float, float]:
 
 
 def throughput(args, store: str) -> None:
-    """Each side runs in a fresh process (so neither inherits the other's allocator and page-cache
-    state: one side's large frees change glibc's mmap threshold, and with it the other's page
-    faults, 2-5x), each repeat both sides back to back, alternating which goes first. Ratios of the
-    whole run and of the steady state (after the first epoch), of windows per second and of CPU
-    seconds (the process and its workers) per window; median and range over the repeats."""
+    """Each side runs in a fresh process (so none inherits another's allocator and page-cache state:
+    in one process, one side's large frees changed glibc's mmap threshold, and with it the other's
+    page faults, 2-5x); each repeat runs the sides back to back, in an order rotated between
+    repeats. Ratios of the loader to each bare decode (``bare``: the frames; ``bare_av``: the frames
+    and the window's audio, decoded in the same pass as the loader does), of the whole run and of
+    the steady state (after the first epoch), in windows per second and in CPU seconds (the process
+    and its workers) per window; median and range over the repeats."""
     args.store = store
-    probe = _side_in_fresh_process(args, "bare", 0) if args.repeats == 0 else None
-    del probe
+    sides = ["bare", "bare_av", "loader"]
     print(f"\n## delivered windows / s vs bare decode (2 s windows at 25 fps, {args.epochs} epochs, size "
           f"{args.size or 'native'}, profile {args.profile}, each side in a fresh process, "
           f"{args.repeats} repeats: median (range))\n")
-    print("| workers | windows | bare decode windows/s (steady) | loader windows/s (steady) | ratio | "
-          "steady ratio | CPU-time ratio | steady CPU-time ratio | first step: bare / loader s | "
+    print("| workers | bare decode of | windows | bare windows/s (steady) | loader windows/s (steady) | "
+          "ratio | steady ratio | CPU-time ratio | steady CPU-time ratio | first step: bare / loader s | "
           "load average |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for workers in args.workers:
-        ratios, rates, firsts, loads, n = [], [], [], [], 0
+        runs, loads, n = [], [], 0
         for r in range(args.repeats):
             loads.append(os.getloadavg()[0])
             got = {}
-            for side in (("bare", "loader") if r % 2 == 0 else ("loader", "bare")):
+            for side in sides[r % 3:] + sides[:r % 3]:
                 res = _side_in_fresh_process(args, side, workers)
                 got[side], n = _rates(res), res["windows"]
-            b, lo = got["bare"], got["loader"]
-            ratios.append((lo[0] / b[0], lo[1] / b[1], b[2] / lo[2], b[3] / lo[3]))
-            rates.append((b[1], lo[1]))
-            firsts.append((b[4], lo[4]))
+            runs.append(got)
             loads.append(os.getloadavg()[0])
-            print(f"  repeat {r}: ratio {ratios[-1][0]:.3f}, steady {ratios[-1][1]:.3f}, "
-                  f"CPU {ratios[-1][2]:.3f}, steady CPU {ratios[-1][3]:.3f}, "
-                  f"load {loads[-2]:.1f}-{loads[-1]:.1f}", file=sys.stderr)
-        cols = [_spread([x[k] for x in ratios]) for k in range(4)]
-        print(f"| {workers} | {n} | {statistics.median(x[0] for x in rates):.2f} | "
-              f"{statistics.median(x[1] for x in rates):.2f} | {cols[0]} | **{cols[1]}** | {cols[2]} | "
-              f"**{cols[3]}** | {statistics.median(x[0] for x in firsts):.2f} / "
-              f"{statistics.median(x[1] for x in firsts):.2f} | {min(loads):.1f}-{max(loads):.1f} |",
-              flush=True)
+            lo = got["loader"]
+            print(f"  repeat {r}: " + ", ".join(
+                f"{b}: ratio {lo[0] / got[b][0]:.3f}, steady {lo[1] / got[b][1]:.3f}, CPU "
+                f"{got[b][2] / lo[2]:.3f}, steady CPU {got[b][3] / lo[3]:.3f}" for b in sides[:2])
+                + f", load {loads[-2]:.1f}-{loads[-1]:.1f}", file=sys.stderr)
+        for b, what in (("bare", "frames"), ("bare_av", "frames + audio")):
+            ratios = [(g["loader"][0] / g[b][0], g["loader"][1] / g[b][1], g[b][2] / g["loader"][2],
+                       g[b][3] / g["loader"][3]) for g in runs]
+            cols = [_spread([x[k] for x in ratios]) for k in range(4)]
+            med = lambda side, k: statistics.median(g[side][k] for g in runs)   # noqa: E731
+            print(f"| {workers} | {what} | {n} | {med(b, 1):.2f} | {med('loader', 1):.2f} | {cols[0]} | "
+                  f"**{cols[1]}** | {cols[2]} | **{cols[3]}** | {med(b, 4):.2f} / {med('loader', 4):.2f} | "
+                  f"{min(loads):.1f}-{max(loads):.1f} |", flush=True)
 
 
 def interleaved(args, store: str) -> None:
@@ -220,7 +226,7 @@ def interleaved(args, store: str) -> None:
                     for i in batch:
                         w = stream.windows[i]
                         _bare((stream.video_row(w.video_id)["uri"], w.start_s, w.frames, stream.fps,
-                               stream.size, tuple(stream.size or (w.height, w.width))))
+                               stream.size, tuple(stream.size or (w.height, w.width)), None))
                 else:
                     next(it)
                 run[what][0] += time.perf_counter() - t
@@ -300,7 +306,7 @@ def main() -> None:
     ap.add_argument("--memory-windows", type=int, default=20000)
     ap.add_argument("--batch-tokens", type=int, default=256 * 256 * 150 * 16)
     ap.add_argument("--skip", default="", help="comma list of: interleaved, throughput, memory, padding")
-    ap.add_argument("--side", choices=("bare", "loader"), help=argparse.SUPPRESS)   # one side, as JSON
+    ap.add_argument("--side", choices=("bare", "bare_av", "loader"), help=argparse.SUPPRESS)   # one side, as JSON
     args = ap.parse_args()
     args.workers = [int(w) for w in args.workers.split(",")]
     args.size = tuple(int(x) for x in args.size.split("x")) if args.size else None
