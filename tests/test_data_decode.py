@@ -77,3 +77,13 @@ def test_frames_decode_into_the_callers_buffer(media):
     assert len(w.images) == N and not out[N:].any()
     small = np.zeros((N, 100, 100, 3), np.uint8)                 # another frame size: ignored
     assert read_window(path, 15.3, N, 25.0, out=small).images.shape == (N, 360, 480, 3)
+
+
+def test_a_window_asked_before_the_first_frame_has_all_its_frames(media):
+    """The hamilton clip's video starts 0.844 s in: a window asked at 0.221 s starts at that frame
+    and still has its 50 frames, 1/25 s apart (it was cut at the nominal start + 2.5 s: 48 frames)."""
+    path = str(media / "fr_short_hamilton_clip.mp4")
+    got = {b: read_window(path, 0.221, N, 25.0, backend=b) for b in ("pyav", "torchcodec", "decord")}
+    for b, w in got.items():
+        assert len(w.pts) == N and abs(w.pts[0] - 0.844) < 0.01, (b, len(w.pts), w.pts[0])
+        np.testing.assert_allclose(w.pts, got["decord"].pts, atol=1e-4)

@@ -102,7 +102,7 @@ def _pyav(path, start_s, n, fps, size, audio_rate=None, out=None) -> WindowFrame
             container.seek(int((start_s + origin - 0.1) / float(stream.time_base)), stream=stream,
                            backward=True)
         frames, pts = _decode_span(container, stream, origin, start_s - 1.0 / src_fps,
-                                   _span_end(start_s, n, fps), sound)
+                                   _span_end(start_s, n, fps), sound, n / fps)
         order = np.argsort(pts, kind="stable")
         frames, pts = [frames[i] for i in order], pts[order]
         idx = pick(pts, start_s, n, fps, src_fps)
@@ -127,10 +127,13 @@ def _pyav(path, start_s, n, fps, size, audio_rate=None, out=None) -> WindowFrame
     return WindowFrames(images, pts[idx], src_fps, src, len(first_row), audio, first)
 
 
-def _decode_span(container, stream, origin: float, keep_from: float, end: float, sound=None):
+def _decode_span(container, stream, origin: float, keep_from: float, end: float, sound=None,
+                 span_s: float = 0.0):
     """(frames, times) of the video frames with times (pts less the container's ``origin``) in
-    [keep_from, end), decoding from the current position; with ``sound``, the audio packets met
-    on the way go to it (one pass over the file)."""
+    [keep_from, end), decoding from the current position; ``end`` moves to ``span_s`` + 0.5 s past
+    the first frame kept (a window asked for before the video's first frame starts at that frame
+    and is not cut short); with ``sound``, the audio packets met on the way go to it (one pass over
+    the file)."""
     tb = float(stream.time_base)
     frames, pts = [], []
     packets = container.demux(stream, sound.stream) if sound is not None else container.demux(stream)
@@ -153,8 +156,10 @@ def _decode_span(container, stream, origin: float, keep_from: float, end: float,
                 video_done = True
                 break
             if t >= keep_from:           # keep from a frame before the start (boundary)
-                if sound is not None and not frames:
-                    sound.cover(t)
+                if not frames:
+                    end = max(end, t + span_s + 0.5)
+                    if sound is not None:
+                        sound.cover(t)
                 frames.append(frame)
                 pts.append(t)
         if video_done and (sound is None or sound.done):
@@ -243,7 +248,7 @@ def _torchcodec(path, start_s, n, fps, size) -> WindowFrames:
     origin = stream_origins(path)[0]             # torchcodec's times are the stream's pts
     lo, hi = float(meta.begin_stream_seconds or 0.0), float(meta.end_stream_seconds or 1e9)
     a = min(max(lo, start_s + origin - 1.0 / src_fps), hi)
-    end = _span_end(start_s, n, fps) + origin
+    end = max(_span_end(start_s, n, fps) + origin, a + n / fps + 0.5)   # from the first frame there
     batch = dec.get_frames_played_in_range(a, max(a, min(hi - 1.0 / src_fps, end)))
     pts = batch.pts_seconds.numpy().astype(np.float64) - origin
     idx = pick(pts, start_s, n, fps, src_fps)
