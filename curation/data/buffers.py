@@ -7,7 +7,6 @@ back (:class:`Releaser`) once the trainer has dropped the batch. In the main pro
 5 ms to write it again. The stream decodes a step's frames straight into one."""
 from __future__ import annotations
 
-import sys
 import threading
 
 import numpy as np
