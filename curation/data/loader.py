@@ -36,16 +36,30 @@ class StepDataset(IterableDataset):
         yield from self.stream.iter_steps(worker, workers)
 
 
-def _pad(arrays: list[np.ndarray], length: int, fill=0) -> torch.Tensor:
-    """The arrays stacked and padded with ``fill`` to ``length``, written once, straight into the
-    batch tensor (shared memory in a DataLoader worker: handing it to the main process copies
-    nothing)."""
-    out = buffers.empty((len(arrays), length) + arrays[0].shape[1:], arrays[0].dtype)
-    view = out.numpy()
+def _pad(arrays: list[np.ndarray], length: int, fill=0, shared: bool = False):
+    """The arrays stacked and padded with ``fill`` to ``length``, written once into the batch's
+    array: a tensor in the main process (on :data:`buffers.POOL`'s memory); in a DataLoader worker a
+    numpy array, which travels to the main process by value (a few hundred kB: cheaper than the
+    shared-memory segment of its own that torch makes for every tensor a worker sends) and becomes a
+    tensor there (:func:`as_tensors`), or with ``shared`` a shared-memory tensor."""
+    shape = (len(arrays), length) + arrays[0].shape[1:]
+    if get_worker_info() is not None and not shared:
+        out = view = np.empty(shape, arrays[0].dtype)
+    else:
+        out = buffers.empty(shape, arrays[0].dtype)
+        view = out.numpy()
     for i, a in enumerate(arrays):
         view[i, :len(a)] = a
         view[i, len(a):] = fill
     return out
+
+
+def as_tensors(batch: dict) -> dict:
+    """The batch's numpy arrays as tensors (no copy)."""
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray):
+            batch[key] = torch.from_numpy(value)
+    return batch
 
 
 def _frames(samples: list[dict], t_max: int) -> torch.Tensor:
@@ -59,7 +73,7 @@ def _frames(samples: list[dict], t_max: int) -> torch.Tensor:
         if buf.shape[:2] == (len(samples), t_max) and all(
                 buffers.starts_row(s["frames"], rows[k]) for k, s in enumerate(samples)):
             return buf
-    out = _pad([s["frames"] for s in samples], t_max)
+    out = _pad([s["frames"] for s in samples], t_max, shared=True)
     for h in {id(h[0]): h[0] for h in held if h}.values():
         buffers.give_back(h)          # not sent: its ring slot is free again
     return out
@@ -78,9 +92,9 @@ def collate(samples: list[dict]) -> dict:
         "frames": _frames(samples, t_max),
         "frame_mask": _pad([np.ones(len(s["frames"]), bool) for s in samples], t_max),
         "states": _pad([s["states"] for s in samples], t_max, fill=-1),
-        "start_s": torch.tensor([s["start_s"] for s in samples], dtype=torch.float64),
-        "pad": torch.tensor([bool(s.get("pad")) for s in samples]),
-        "weight": torch.tensor([0.0 if s.get("pad") else 1.0 for s in samples], dtype=torch.float32),
+        "start_s": np.array([s["start_s"] for s in samples], np.float64),
+        "pad": np.array([bool(s.get("pad")) for s in samples]),
+        "weight": np.array([0.0 if s.get("pad") else 1.0 for s in samples], np.float32),
         "epoch": samples[0]["epoch"], "step": samples[0]["step"],
     }
     for key in ("audio", "speak_audio", "listen_audio"):
@@ -89,9 +103,10 @@ def collate(samples: list[dict]) -> dict:
     batch["audio_features"] = None if any(f is None for f in feats) else _pad(feats, t_max)
     for key in ("clip_id", "video_id", "text", "references", "fps", "replaced", "audio_source"):
         batch[key] = [s.get(key) for s in samples]
-    if get_worker_info() is not None:
+    if get_worker_info() is not None:       # its arrays become tensors in the main process
         batch["frames_slot"] = buffers.slot_of(batch["frames"])   # WindowLoader gives it back
-    return batch
+        return batch
+    return as_tensors(batch)
 
 
 class WindowLoader:
@@ -120,7 +135,7 @@ class WindowLoader:
             self.stream.epoch, self.stream.step, self.stream.offset = batch["epoch"], batch["step"] + 1, 0
             if releaser is not None:
                 releaser.release()        # the slots of the batches the trainer has dropped
-                batch = releaser.hold(batch)
+                batch = releaser.hold(as_tensors(batch))
             else:
                 batch.pop("frames_slot", None)
             yield batch
