@@ -98,7 +98,8 @@ class People(Operator):
     summary = ("person boxes (YOLOX-nano ONNX / ultralytics YOLO), ByteTrack, faces (MediaPipe "
                "FaceLandmarker, then YuNet + MediaPipe's mesh for the faces it misses, docs/faces.md: "
                "mouth, jawOpen, head pose, visibility) at face_fps and hands, static flag, composition")
-    version = "5"   # 3: ids VIDEO:SHOT:tK; 4: presentation timeline; 5: YuNet (face_source), face_fps
+    version = "6"   # 3: ids VIDEO:SHOT:tK; 4: presentation timeline; 5: YuNet (face_source), face_fps;
+    #                 6: YOLOX on rectangular inputs (boxes of non-square videos move by a few px)
     input_table = "shots"
     output_table = "tracks"
     reads = ("shots.start_s", "shots.end_s", "shots.shot_index", "videos.width", "videos.height")
