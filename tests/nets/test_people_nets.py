@@ -7,7 +7,8 @@ import pytest
 
 from operators.nets import MissingWeights
 from operators.nets.face_landmarks import FACE_CROP, FaceLandmarks, HandLandmarks, person_region, upper_body_region
-from operators.nets.person_detector import (YOLOX_SIZE, YoloxDetector, _yolox_grid, load_person_detector, nms)
+from operators.nets.person_detector import (YOLOX_SIZE, YoloxDetector, _yolox_grid, load_person_detector, nms,
+                                           yolox_input_shape)
 from operators.nets.tracking import track_boxes
 
 
@@ -56,6 +57,35 @@ def test_yolox_grid_decode_and_letterbox_ratio(yolox):
     x, r = YoloxDetector.letterbox(np.zeros((360, 480, 3), np.uint8))
     assert x.shape == (3, YOLOX_SIZE, YOLOX_SIZE) and r == pytest.approx(416 / 480)
     assert x[0, -1, 0] == 114                              # padded below the picture
+
+
+@pytest.fixture(scope="module")
+def yolox_square(models):
+    return load_person_detector(models, "yolox", conf=0.3, threads=1, rect=False)
+
+
+def test_rectangular_input_gives_the_square_inputs_boxes(media, yolox, yolox_square):
+    # vr_face1's talking head (square frame), shrunk to 320 px and pasted inside a grey 16:9 and a
+    # grey 9:16 frame: the rectangular canvas (256 x 416 / 416 x 256, a per-shape decode grid) finds
+    # the square canvas's box to a pixel, where the pasted picture says it is
+    import cv2
+    assert yolox_input_shape(540, 960) == (256, 416) and yolox_input_shape(960, 540) == (416, 256)
+    assert yolox_input_shape(360, 480) == (320, 416) and yolox_input_shape(700, 700) == (416, 416)
+    assert yolox_input_shape(540, 960, square=True) == (416, 416)
+    grid, strides = _yolox_grid(256, 416)
+    assert len(grid) == 52 * 32 + 26 * 16 + 13 * 8 and grid[52, 1] == 1 and grid[51, 0] == 51
+    out = yolox.session.run(None, {yolox.input: np.zeros((1, 3, 256, 416), np.float32)})[0]
+    assert out.shape == (1, len(grid), 85)
+    src = frame(media, "vr_face1.mp4", 2.0)
+    (ref,) = yolox_square.detect([src])[0]
+    person, k = cv2.resize(src, (320, 320), interpolation=cv2.INTER_AREA), 320 / src.shape[0]
+    for w, h, x0, y0 in [(960, 540, 400, 110), (540, 960, 110, 330)]:
+        image = np.full((h, w, 3), 60, np.uint8)
+        image[y0:y0 + 320, x0:x0 + 320] = person
+        (rect,), (square,) = yolox.detect([image])[0], yolox_square.detect([image])[0]
+        np.testing.assert_allclose(rect[:4], square[:4], atol=2.0)          # measured: < 0.3 px
+        np.testing.assert_allclose(rect[:4], ref[:4] * k + [x0, y0, x0, y0], atol=12.0)  # < 8 px
+        assert rect[4] > 0.8
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes():
