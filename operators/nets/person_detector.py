@@ -22,7 +22,8 @@ Backends:
   and width are made free too and a frame runs at the smallest canvas holding its letterbox with
   sides multiples of 32 (a 16:9 frame: 256 x 416, 61 % of the square; 4:3: 320 x 416); the decode
   grid is built per input shape. The boxes are those of the square canvas to a few pixels (the
-  network sees less grey below or right of the picture; measured in docs/faces.md#cost).
+  network sees less grey below or right of the picture; measured in docs/faces.md, "YOLOX-nano on
+  rectangular inputs", and bench/yolox_rect.py).
 - ``ultralytics``: any detection weights ultralytics loads (``yolo/yolov8n.pt``, ``.onnx``,
   ``.engine`` ...; COCO-trained, so person = the class named "person", else class 0), on a chosen
   device (``auto`` = first CUDA GPU when torch sees one, else CPU), batched ``predict``. The
