@@ -89,6 +89,29 @@ def test_samples_follow_the_contract_and_come_from_the_right_place(synth):
     assert "caption" in stream.text_missing
 
 
+def test_audio_read_from_the_stores_pcm_equals_the_files(synth, tmp_path):
+    """With the audio_pcm step's column the window's audio is a slice of the stored PCM (no audio
+    decode in the frames' pass): the same samples as the file's, placed the same way; the silent
+    clip has none and reads nothing."""
+    import shutil
+    uri, tones = synth
+    copy = str(tmp_path / "store")
+    shutil.copytree(uri, copy)
+    syn.add_audio_pcm(copy)
+    stored = list(ClipStream(copy, window_s=1.0, seed=0, epochs=1))
+    decoded = list(ClipStream(copy, window_s=1.0, seed=0, epochs=1, stored_audio=False))
+    assert [(x["clip_id"], x["start_s"]) for x in stored] == [(x["clip_id"], x["start_s"]) for x in decoded]
+    for x, y in zip(stored, decoded):
+        assert y["audio_read"] == "file"
+        assert x["audio_read"] == ("store" if x["has_audio"] else "file")
+        np.testing.assert_array_equal(x["frames"], y["frames"])
+        np.testing.assert_array_equal(x["audio"], y["audio"])
+        if x["has_audio"]:
+            a, f = x["audio"], tones[x["video_id"]]
+            assert np.abs(a - syn.tone(f, len(a), x["start_s"])).max() < 1e-3
+        np.testing.assert_array_equal(x["speak_audio"] != 0, y["speak_audio"] != 0)
+
+
 @pytest.mark.parametrize("seed", [0, 7])
 def test_same_global_batches_on_any_world_size_and_every_window_once(synth, seed):
     uri, _ = synth
