@@ -47,6 +47,7 @@ steps:
   - {name: shots, op: shots, after: [probe]}
   - {name: clips, op: clips, after: [shots], params: {min_duration_s: 2.0, max_duration_s: 10.0}}
   - {name: audio_features, op: audio_features, after: [probe]}
+  - {name: audio_pcm, op: audio_pcm, after: [probe]}
 """
 
 
