@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/asd_cost.py --media ../shared/media --models ../shared/models \
         --store /tmp/asd-bench --save after.json [--compare before.json] [--code /path/to/other/tree]
-        [--runtime torch]
+        [--runtime torch] [--chunk-edges context]
 
 Builds (once, in ``--store``; any store with person clips will do, e.g. a conversation run) the steps
 the two read: people, person clips, separation and voice activity, on the shared talking clips; then, per person clip, decodes its frames once (25 fps, native
@@ -12,7 +12,8 @@ each with the process's CPU time (all threads: torch's included); then ``speaker
 same files on the same machine), asd and sync, and, with ``--compare``, the share of frames whose
 final state (frame_states) is the same in both runs and the logits' mean / 95th-percentile
 difference. ``--code`` imports the operators from another checkout (e.g. main, for "before");
-``--runtime`` sets asd's runtime (onnxruntime, its default, or torch) in this checkout.
+``--runtime`` sets asd's runtime (onnxruntime, its default, or torch) in this checkout,
+``--chunk-edges`` its ``chunk_edges`` (padded, the operator's default, or context, the workflows').
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def prepare(store: str, media: Path, models: str) -> None:
         [str(media / n) for n in CLIPS])
 
 
-def measure(store: str, models: str, runtime: str | None = None) -> dict:
+def measure(store: str, models: str, runtime: str | None = None, chunk_edges: str | None = None) -> dict:
     import numpy as np
 
     from curation.media import VideoDecoder
@@ -55,7 +56,8 @@ def measure(store: str, models: str, runtime: str | None = None) -> dict:
     st = Store(store)
     videos = {v["video_id"]: v for v in st.query("videos").to_pylist()}
     tracks = st.query("tracks").to_pylist()
-    asd, sync = (Asd(models, runtime=runtime) if runtime else Asd(models)), Sync(models)
+    kw = {k: v for k, v in (("runtime", runtime), ("chunk_edges", chunk_edges)) if v}
+    asd, sync = Asd(models, **kw), Sync(models)
     asd.setup()
     sync.setup()
     cpu = {"decode": 0.0, "asd": 0.0, "sync": 0.0}
@@ -120,13 +122,14 @@ def main() -> None:
     ap.add_argument("--save", default=None)
     ap.add_argument("--compare", default=None)
     ap.add_argument("--runtime", default=None, choices=("onnxruntime", "torch"), help="asd's runtime")
+    ap.add_argument("--chunk-edges", default=None, choices=("padded", "context"), help="asd's chunk_edges")
     args = ap.parse_args()
     sys.path.insert(0, args.code or str(ROOT))
     import torch
     torch.set_num_threads(1)   # a worker's share (the steps declare num_cpus=1)
     if not (Path(args.store) / "clips.lance").exists():
         prepare(args.store, Path(args.media), args.models)
-    res = measure(args.store, args.models, args.runtime)
+    res = measure(args.store, args.models, args.runtime, args.chunk_edges)
     v = res["video_s"]
     print(f"{len(res['clips'])} person clips, {v:.1f} s of video; CPU-seconds per second of video:")
     for k, x in res["cpu_s"].items():

@@ -12,7 +12,8 @@ of its token buckets.
    array per frame size: no allocation) on the same cores: in one process (0 workers), and with W
    processes each side (the loader's spawned DataLoader workers, which hand every batch to the main
    process, against a spawned ``multiprocessing`` pool of W decoding the same windows and returning
-   their frame counts). Each side runs in a fresh process (in one process, one side's frees changed
+   their frame counts; the loader's consumer reads a byte of every page of each batch's frames, as
+   a trainer's copy to the GPU would map them). Each side runs in a fresh process (in one process, one side's frees changed
    the other's page faults 2-5x); each repeat runs both, alternating which goes first. Reported:
    the ratios of windows per second and of CPU seconds per window (the process and its workers), of
    the whole run (from the first step asked for; the loader's stream is made before, as the bare
@@ -47,6 +48,7 @@ steps:
   - {name: shots, op: shots, after: [probe]}
   - {name: clips, op: clips, after: [shots], params: {min_duration_s: 2.0, max_duration_s: 10.0}}
   - {name: audio_features, op: audio_features, after: [probe]}
+  - {name: audio_pcm, op: audio_pcm, after: [probe]}
 """
 
 
@@ -127,6 +129,7 @@ def run_side(args, store: str, side: str, workers: int) -> dict:
         n = 0
         for b in make_loader(stream, num_workers=workers):
             n += len(b["clip_id"])
+            b["frames"].view(-1)[::4096].sum()     # a byte of every page: the trainer's copy maps them
             arrive(n)
     elif workers:
         with mp.get_context("spawn").Pool(workers) as pool:

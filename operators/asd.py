@@ -125,6 +125,10 @@ class Asd(Operator):
                             help="pretrained on AVA (its score depends on the voice) or finetuned on "
                                  "TalkSet (a talking face scores high with any sound, even silence)"),
         "max_gap_s": Param(0.2, help="longest stretch without a face box that borrows the nearest one"),
+        "chunk_edges": Param("padded", choices=("padded", "context"),
+                             help="padded: each chunk of the six durations sees zeros past its edges, "
+                                  "as the original's chunked passes; context: the whole track's visual "
+                                  "embedding for every chunk (no edge passes)"),
         "runtime": Param("onnxruntime", choices=("onnxruntime", "torch"),
                          help="the networks through onnxruntime (exported from the weights at set-up, "
                               "cached; PyTorch when that fails) or PyTorch"),
@@ -154,7 +158,8 @@ class Asd(Operator):
         logits, prob, gain = (np.full(n, np.nan, np.float32) for _ in range(3))
         if seg is not None:
             own = pcm[margin * SAMPLES_PER_FRAME:][: (seg.stop - seg.start + 1) * SAMPLES_PER_FRAME]
-            scores = self.net.score(track_crops(frames, seg, boxes), own)
+            scores = self.net.score(track_crops(frames, seg, boxes), own,
+                                    chunk_edges=self.p["chunk_edges"])
             logits[seg], prob[seg] = scores.logits, scores.prob
             t = scores.n_scored
             g = np.full(seg.stop - seg.start, np.nan, np.float32)
@@ -163,7 +168,7 @@ class Asd(Operator):
             logits[~has_face], prob[~has_face], gain[~has_face] = np.nan, np.nan, np.nan
         return {"frame_times": [round(float(t), 4) for t in times],
                 "asd_logits": _floats(logits), "asd_prob": _floats(prob), "asd_sync_gain": _floats(gain),
-                "asd_backend": self.net.name}
+                "asd_backend": self.net.name + ("" if self.p["chunk_edges"] == "padded" else "/context-edges")}
 
 
 def _floats(x: np.ndarray) -> list:

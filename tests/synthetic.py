@@ -141,3 +141,16 @@ def build_store(root: Path, spec: list[tuple[str, str, int]]) -> tuple[str, dict
     store.upsert("videos", videos)
     store.upsert("clips", pa.Table.from_pylist(clips, schema=CLIPS_SCHEMA))
     return uri, tones
+
+
+def add_audio_pcm(uri: str) -> None:
+    """Runs the audio_pcm operator over the store's videos and writes its columns (as a run does)."""
+    from curation.store import Store
+    from operators.audio_pcm import AudioPcm
+    store, op = Store(uri), AudioPcm()
+    rows = []
+    for video in store.query("videos").to_pylist():
+        (row,) = op.process(video, [video])
+        rows.append({"video_id": video["video_id"], **row})
+    store.annotate("videos", pa.Table.from_pylist(rows, schema=pa.schema(
+        [pa.field("video_id", pa.string())] + list(AudioPcm.writes))))

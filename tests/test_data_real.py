@@ -1,7 +1,7 @@
 """The validator and the loader on real clips: a clip the shot detector did not split (pf_face_noface's
 cut near 2.4 s) fails the jump check only in the window across the cut; lp_d0 (no audio stream) fails
 the audio check; dj_video4 (30 fps) sampled at 25 fps keeps its frames in time; Whisper features ride
-along; the conversation store's per-frame states line up with the frames."""
+along; the audio read from the store's PCM is the file's; the conversation store's per-frame states line up with the frames."""
 from __future__ import annotations
 
 import json
@@ -25,6 +25,7 @@ steps:
   - {name: shots, op: shots, after: [probe], params: {detector: content, threshold: 99.0, min_scene_len_s: 60.0}}
   - {name: clips, op: clips, after: [shots], params: {min_duration_s: 1.0, max_duration_s: 30.0, trim_s: 0.0}}
   - {name: audio_features, op: audio_features, after: [probe]}
+  - {name: audio_pcm, op: audio_pcm, after: [probe]}
 """
 PROFILE = """name: real
 window_s: 1.0
@@ -96,6 +97,24 @@ def test_loader_on_real_clips_frames_in_time_audio_and_features(real):
         assert np.abs(other.images.astype(np.int16) - x["frames"]).mean() < 2.0
     for x in got["lp_d0.mp4"]:
         assert not x["has_audio"] and not x["audio"].any() and x["audio_features"] is None
+        assert x["audio_read"] == "file"
+    # the audio is a slice of the store's PCM (audio_pcm): the whole file's decode from round(pts *
+    # 16000); decoded in the frames' pass instead (from a packet near the window: the resampler's
+    # grid is off by a fraction of a sample, within the contract's 1) it lines up at lag 0
+    from curation.media import load_audio
+    decoded = {(x["clip_id"], x["start_s"]): x["audio"] for x in ClipStream(
+        uri, window_s=1.0, seed=0, epochs=1, divisible_by=1, batch_windows=1, verdicts=False,
+        stored_audio=False) if x["has_audio"]}
+    whole = load_audio(stream.video_row(dj[0]["video_id"])["uri"], 16000)
+    for x in dj:
+        a, n = int(round(x["start_s"] * 16000)), len(x["audio"])
+        assert x["audio_read"] == "store"
+        np.testing.assert_array_equal(x["audio"], whole[a:a + n])
+        y = decoded[(x["clip_id"], x["start_s"])]
+        lags = {L: float(np.dot(x["audio"][100:-100], y[100 + L:n - 100 + L])) for L in range(-8, 9)}
+        assert max(lags, key=lags.get) == 0
+        assert lags[0] > 0.9 * np.sqrt(np.dot(x["audio"][100:-100], x["audio"][100:-100]) * np.dot(y[100:-100], y[100:-100]))
+    assert all(x["audio_read"] == "store" for x in got["pf_face_noface.mov"])
     # the features come from the window's own video and time (the read by row id = a whole-blob read)
     from curation.data import conditions as cond
     from curation.store import Store

@@ -101,7 +101,7 @@ def collate(samples: list[dict]) -> dict:
         batch[key] = _pad([s[key] for s in samples], n_max)
     feats = [s.get("audio_features") for s in samples]
     batch["audio_features"] = None if any(f is None for f in feats) else _pad(feats, t_max)
-    for key in ("clip_id", "video_id", "text", "references", "fps", "replaced", "audio_source"):
+    for key in ("clip_id", "video_id", "text", "references", "fps", "replaced", "audio_source", "audio_read"):
         batch[key] = [s.get(key) for s in samples]
     if get_worker_info() is not None:       # its arrays become tensors in the main process
         batch["frames_slot"] = buffers.slot_of(batch["frames"])   # WindowLoader gives it back

@@ -69,7 +69,9 @@ class ClipStream(IterableDataset):
     else 0 / 1. ``epochs``: None = endless. ``validate``: run the profile's checks on each window
     (a rejected window is replaced by a padding sample, see :func:`curation.data.plan.replacements`;
     every sample has ``pad``: True for padding, which a trainer gives weight 0); ``verdicts``: leave
-    the windows ``curation validate`` rejected for the profile out of the plan."""
+    the windows ``curation validate`` rejected for the profile out of the plan. ``stored_audio``: read
+    a window's audio from the store's ``audio_pcm`` (operators/audio_pcm.py) when its video has it,
+    else decode it from the file in the frames' pass (sample key ``audio_read``: "store" / "file")."""
 
     def __init__(self, store, where: str | None = None, profile: str | None = None,
                  window_s: float | tuple[float, float] = 2.0, seed: int = 0, fps: float = 25.0,
@@ -77,7 +79,7 @@ class ClipStream(IterableDataset):
                  batch_tokens: int | None = None, batch_windows: int = 6, divisible_by: int = 6,
                  rank: int | None = None, world_size: int | None = None, epochs: int | None = None,
                  validate: bool = True, verdicts: bool = True, max_references: int = 4,
-                 backend: str = DEFAULT_BACKEND):
+                 backend: str = DEFAULT_BACKEND, stored_audio: bool = True):
         from curation import malloc
         from curation.store import Store
         from curation.validate.profile import load_profile
@@ -92,6 +94,7 @@ class ClipStream(IterableDataset):
         self.divisible_by = int(divisible_by)
         self.epochs, self.validate = epochs, bool(validate and self.profile)
         self.max_references, self.backend = int(max_references), backend
+        self.stored_audio = bool(stored_audio)
         self.rank, self.world_size = _topology(rank, world_size)
         if self.divisible_by % self.world_size:
             raise StreamError(f"world size {self.world_size} does not divide divisible_by="
@@ -113,7 +116,7 @@ class ClipStream(IterableDataset):
     # ---- pickling: workers rebuild caches (and reopen the store) ------------------------------
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_store", "_rows", "_videos", "_features", "_refs", "_plans", "windows"):
+        for k in ("_store", "_rows", "_videos", "_features", "_pcm", "_refs", "_plans", "windows"):
             state.pop(k, None)
         return state
 
@@ -133,6 +136,7 @@ class ClipStream(IterableDataset):
         self._store = Store(self.uri)
         self._rows, self._videos = _Cache(512), _Cache(64)
         self._features, self._refs = _Cache(1024), _Cache(256)
+        self._pcm = _Cache(1024)
         self._plans = _Cache(2)
 
     # ---- the selection ------------------------------------------------------------------------------
@@ -258,19 +262,25 @@ class ClipStream(IterableDataset):
         video = self.video_row(w.video_id or clip["video_id"])
         from curation.media import local_path
         n_audio = int(round(w.frames / self.fps * cond.SR))
+        pcm = self._pcm_meta_of(video) if video.get("has_audio") and self.stored_audio else None
         with local_path(video["uri"]) as path:
-            # the audio decodes in the same pass over the file as the frames (PyAV demuxes both);
-            # the window's samples are cut from it at the first frame's pts
+            # without the store's PCM the audio decodes in the same pass over the file as the
+            # frames (PyAV demuxes both); the window's samples are cut at the first frame's pts
             wf = read_window(path, w.start_s, w.frames, self.fps, self.size, self.backend,
                              int(video.get("rotation") or 0),
-                             audio_rate=cond.SR if video.get("has_audio") else None, out=out)
+                             audio_rate=cond.SR if video.get("has_audio") and pcm is None else None,
+                             out=out)
             start = float(wf.pts[0]) if len(wf.pts) else w.start_s
-            mix = (wf.audio, wf.audio_first) if wf.audio is not None else \
-                self._mix(path, video, w.start_s, n_audio)
-            audio = cond.cut_audio(*mix, start, n_audio)
+            if pcm is not None:
+                audio = self._stored_audio(pcm, start, n_audio)
+            else:
+                mix = (wf.audio, wf.audio_first) if wf.audio is not None else \
+                    self._mix(path, video, w.start_s, n_audio)
+                audio = cond.cut_audio(*mix, start, n_audio)
         sample = {"clip_id": w.clip_id, "video_id": clip["video_id"], "start_s": start,
                   "fps": self.fps, "frames": wf.images, "audio": audio, "window_index": w.index,
-                  "pts": wf.pts, "has_audio": bool(video.get("has_audio"))}
+                  "pts": wf.pts, "has_audio": bool(video.get("has_audio")),
+                  "audio_read": "store" if pcm is not None else "file"}
         if self.validate:
             from curation.validate.checks import WindowView, run_checks
             view = WindowView(clip, video, w, self.fps, frames=wf, audio=audio, track=self._track_of(clip))
@@ -279,6 +289,38 @@ class ClipStream(IterableDataset):
                 return sample, verdict.reason
         self._conditions(sample, clip, w, wf.pts)
         return sample, None
+
+    def _pcm_meta_of(self, video: dict):
+        """(samples, start sample, row id) of the video's ``audio_pcm`` at 16 kHz, None when the
+        store has none for it (no audio_pcm step, or a row without PCM)."""
+        def meta():
+            from curation.store import sql_quote
+            names = self._store.dataset("videos", self.versions["videos"]).schema.names
+            if "audio_pcm" not in names:
+                return None
+            where = f"video_id = {sql_quote(video['video_id'])}"
+            rows = self._query("videos", where, ["audio_pcm_samples", "audio_pcm_rate",
+                                                 "audio_pcm_start_s"]).to_pylist()
+            r = rows[0] if rows else {}
+            if not r.get("audio_pcm_samples") or r.get("audio_pcm_rate") != cond.SR:
+                return None
+            return (int(r["audio_pcm_samples"]), int(round((r.get("audio_pcm_start_s") or 0.0) * cond.SR)),
+                    self._store.row_id("videos", where, self.versions["videos"]))
+        return self._pcm.get_or(video["video_id"], meta)
+
+    def _stored_audio(self, pcm: tuple, start_s: float, n: int) -> np.ndarray:
+        """The ``n`` samples from round(start_s * 16000) of the stored PCM (zeros outside it): one
+        ranged read of the blob."""
+        total, first, row_id = pcm
+        a = int(round(start_s * cond.SR)) - first
+        lo, hi = min(max(a, 0), total), min(max(a + n, 0), total)
+        out = np.zeros(n, np.float32)
+        if hi > lo:
+            data = self._store.blob_range("videos", "audio_pcm", None, 2 * lo, 2 * (hi - lo),
+                                          version=self.versions["videos"], row_id=row_id)
+            got = np.frombuffer(data, "<i2")
+            out[lo - a:lo - a + len(got)] = got.astype(np.float32) / 32768.0
+        return out
 
     def _mix(self, path: str, video: dict, nominal: float, n: int) -> tuple[np.ndarray, int]:
         """(samples, index of the first) of the mix from 0.2 s before the window's nominal start to

@@ -473,7 +473,8 @@ class ActiveSpeakerNet:
         return v, a
 
     @torch.inference_mode()
-    def score_aligned(self, crops: np.ndarray, feats: np.ndarray, durations=DURATIONS, exact_chunks: bool = False):
+    def score_aligned(self, crops: np.ndarray, feats: np.ndarray, durations=DURATIONS, exact_chunks: bool = False,
+                      chunk_edges: str = "padded"):
         """T grey crops (T, 112, 112) and 4T MFCC rows -> per-frame (logit1, prob) float64 arrays (T,)
         and the whole-track visual embedding (T, 128): the mean over ``durations`` of chunked passes (§1.5).
 
@@ -482,18 +483,23 @@ class ActiveSpeakerNet:
         those frames come from edge pieces of 2 radius frames cut at the chunk edges, each edge
         computed once for every duration that has it (:meth:`_edges`; identical arithmetic up to float
         summation order; ``exact_chunks=True`` runs every chunk through the whole network instead, as
-        the original)."""
+        the original). ``chunk_edges="context"``: every chunk takes the whole track's visual embedding,
+        its edge frames seeing their neighbours instead of zeros (no edge pieces: the visual encoder
+        once per frame; the audio encoder and back end still run per chunk of each duration)."""
+        if chunk_edges not in ("padded", "context"):
+            raise ValueError(f"chunk_edges must be 'padded' or 'context', not {chunk_edges!r}")
+        context = chunk_edges == "context" and not exact_chunks
         t = len(crops)
         v_all, a_all = self._tensors(crops, feats)
         enc_v, enc_a, logits = self._visual, self._audio, self._logits
         v_whole = enc_v(v_all[None])[0]
         r = self.net.temporal_radius
-        edges = {} if exact_chunks else self._edges(v_all, t, durations)
+        edges = {} if exact_chunks or context else self._edges(v_all, t, durations)
         logit_sum, prob_sum = np.zeros(t), np.zeros(t)
         for d in durations:
             n = FPS * d
             ve = None if exact_chunks else v_whole.clone()
-            for s in ([] if exact_chunks else range(0, t, n)):
+            for s in ([] if exact_chunks or context else range(0, t, n)):
                 e = min(s + n, t)
                 if e - s < 2 * r:      # a short last chunk: a pass of its own
                     ve[s:e] = enc_v(v_all[None, s:e])[0]
@@ -602,9 +608,11 @@ class ActiveSpeakerNet:
         out[:t_ok] = (total[0] - total[1:].mean(dim=0)).numpy()
         return out
 
-    def score(self, crops: np.ndarray, audio_int16: np.ndarray, durations=DURATIONS) -> ASDScores:
+    def score(self, crops: np.ndarray, audio_int16: np.ndarray, durations=DURATIONS,
+              chunk_edges: str = "padded") -> ASDScores:
         """Score one face track: ``crops`` (N, 112, 112) uint8 from :func:`asd_crops` at 25 fps,
-        ``audio_int16`` the track's 16 kHz mono samples starting at its first frame (:func:`track_audio`)."""
+        ``audio_int16`` the track's 16 kHz mono samples starting at its first frame (:func:`track_audio`);
+        ``chunk_edges``: see :meth:`score_aligned`."""
         n = len(crops)
         feats = mfcc(audio_int16) if len(audio_int16) else np.zeros((0, 13))
         t = min(len(feats) // MFCC_PER_FRAME, n)
@@ -614,7 +622,7 @@ class ActiveSpeakerNet:
         v_emb = np.full((n, 128), np.nan, np.float32)
         if t > 0:
             crops_t, feats_t = np.asarray(crops[:t]), feats[: 4 * t]
-            lg, pr, ve = self.score_aligned(crops_t, feats_t, durations)
+            lg, pr, ve = self.score_aligned(crops_t, feats_t, durations, chunk_edges=chunk_edges)
             logits[:t], prob[:t] = lg, pr
             a_emb[:t], v_emb[:t] = self.audio_embedding(feats_t).cpu().numpy(), ve.cpu().numpy()
         return ASDScores(logits=logits, prob=prob, audio_emb=a_emb, visual_emb=v_emb, n_scored=t)

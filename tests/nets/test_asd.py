@@ -245,3 +245,24 @@ def test_no_speech_is_not_speaking(talkset_nets, media, models, name):
         assert res.speaking().mean() < 0.1, f"{name} {variant}: {res.speaking().mean():.2f}"
         scored = np.isfinite(res.prob)
         assert (res.prob[scored] > 0.5).mean() < 0.15, f"{name} {variant}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vr_face1.mp4", "lp_d3.mp4"])
+def test_context_chunk_edges_keep_the_scores(media, models, name):
+    """chunk_edges="context" (the whole track's visual embedding in every chunk: no edge passes, the
+    workflows' setting) against the original's zero-padded chunk edges, LR-ASD AVA: the per-frame
+    probabilities move little and the speaking decisions stay (talking clip and silent one)."""
+    net = ActiveSpeakerNet(models, "lr", "ava", runtime="onnxruntime")
+    path = media / name
+    frames = frames25(path)
+    audio = audio16k(path)
+    crops = asd_crops(frames, face_boxes(frames, models))
+    own = track_audio(audio, 0, len(crops))
+    padded, context = net.score(crops, own), net.score(crops, own, chunk_edges="context")
+    ok = np.isfinite(padded.prob)
+    diff = np.abs(padded.prob[ok] - context.prob[ok])
+    assert diff.mean() < 0.03 and diff.max() < 0.35, (diff.mean(), diff.max())
+    assert 0 < diff.max()                                          # not the same computation
+    assert ((padded.prob[ok] > 0.5) == (context.prob[ok] > 0.5)).mean() > 0.97
+    np.testing.assert_array_equal(padded.visual_emb, context.visual_emb)
