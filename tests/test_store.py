@@ -137,3 +137,34 @@ def test_table_creation_is_exclusive(tmp_path):
 def pa_rows(rows):
     import pyarrow as pa
     return pa.Table.from_pylist(rows)
+
+
+def test_blob_ranges_of_a_pinned_version_read_the_right_bytes_from_kept_open_blobs(tmp_path, monkeypatch):
+    """blob_range by row id on a numbered version keeps the blob open for the next range (the
+    loader's per-window slices): ranges of many rows, read again after others were evicted, and
+    after a newer version rewrote the blobs, are each row's own bytes at that version."""
+    import pickle
+
+    import pyarrow as pa
+
+    import curation.store as store_mod
+    from schemas import blob_field
+    monkeypatch.setattr(store_mod, "BLOB_FILES_OPEN", 3)
+    st = Store(str(tmp_path / "s"))
+    st.upsert("videos", _videos(6))
+    blobs = {f"v{i}": bytes((i * 7 + k) % 256 for k in range(5000)) for i in range(6)}
+    schema = pa.schema([pa.field("video_id", pa.string()), blob_field("audio_pcm")])
+    st.annotate("videos", pa.Table.from_pylist([{"video_id": k, "audio_pcm": v} for k, v in blobs.items()],
+                                               schema=schema))
+    version = st.dataset("videos").version
+    ids = {k: st.row_id("videos", f"video_id = '{k}'", version) for k in blobs}
+    for offset, size in ((0, 10), (4990, 100), (1234, 777), (0, 10)):
+        for k in ("v0", "v1", "v2", "v3", "v4", "v5", "v0"):     # more rows than kept open
+            got = st.blob_range("videos", "audio_pcm", None, offset, size, version=version, row_id=ids[k])
+            assert got == blobs[k][offset:offset + size]
+    assert len(st._blob_files) == 3
+    st.annotate("videos", pa.Table.from_pylist([{"video_id": "v0", "audio_pcm": b"new" * 10}], schema=schema))
+    assert st.blob_range("videos", "audio_pcm", None, 0, 10, version=version, row_id=ids["v0"]) == blobs["v0"][:10]
+    latest = st.dataset("videos").version
+    assert st.blob_range("videos", "audio_pcm", "video_id = 'v0'", 0, 6, version=latest) == b"newnew"
+    assert "_blob_files" not in pickle.loads(pickle.dumps(st)).__dict__
