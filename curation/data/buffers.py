@@ -84,6 +84,7 @@ class SharedRing:
         self.flags, self.slots = flags, slots
         self.storage: dict[int, torch.UntypedStorage] = {}
         self.given: dict[int, int] = {}           # data_ptr of a handed-out buffer -> its slot
+        self.reserve = 0     # bytes a slot gets when it is made or grown (see :func:`reserve`)
 
     def take(self, shape: tuple, dtype) -> torch.Tensor:
         """A tensor on a free slot (the smallest that holds it, else a free one grown to hold it),
@@ -94,8 +95,8 @@ class SharedRing:
             return _on(_shared(nbytes), shape, dtype)
         fits = [j for j in free if j in self.storage and self.storage[j].nbytes() >= nbytes]
         j = min(fits, key=lambda j: self.storage[j].nbytes()) if fits else free[0]
-        if j not in fits:                         # an eighth more: the next step's few more frames fit
-            self.storage[j] = _shared(nbytes + nbytes // 8 + 64)
+        if j not in fits:    # the epoch's largest step (or an eighth more): later steps fit it too
+            self.storage[j] = _shared(max(nbytes + nbytes // 8 + 64, self.reserve))
         self.flags[j] = 1
         out = _on(self.storage[j], shape, dtype)
         self.given = {p: k for p, k in self.given.items() if k != j}
@@ -149,6 +150,21 @@ class Releaser:
             else:
                 keep.append((t, idle, slot))
         self.held = keep
+
+
+def step_bytes(windows) -> int:
+    """The bytes of :func:`frames_of`'s tensor for a step's windows (0 when it makes none)."""
+    if not windows or len({(w.height, w.width) for w in windows}) != 1 or not windows[0].height:
+        return 0
+    return len(windows) * max(w.frames for w in windows) * windows[0].height * windows[0].width * 3
+
+
+def reserve(nbytes: int) -> None:
+    """This worker's ring slots are made (or grown) at least ``nbytes`` large from now on: the
+    stream reserves its epoch's largest step, so a slot is not made again for each larger step
+    (a fresh shared-memory segment is zeroed page by page here, and the main process maps it anew)."""
+    if RING is not None and get_worker_info() is not None:
+        RING.reserve = max(RING.reserve, int(nbytes))
 
 
 def frames_of(windows) -> torch.Tensor | None:

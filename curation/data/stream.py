@@ -201,6 +201,9 @@ class ClipStream(IterableDataset):
         g = -1   # steps counted from the start position, across epochs: worker g % workers has it
         while self.epochs is None or epoch < self.epochs:
             plan = self.plan(epoch)
+            if in_place:     # a DataLoader worker's ring slots: made once at the epoch's largest step
+                buffers.reserve(max((buffers.step_bytes([self.windows[i] for i in rank_share(
+                    b, self.rank, self.world_size)]) for b in plan.batches[step:]), default=0))
             for s in range(step, len(plan.batches)):
                 g += 1
                 if g % workers != worker:
