@@ -293,22 +293,27 @@ class ClipStream(IterableDataset):
         self._conditions(sample, clip, w, wf.pts)
         return sample, None
 
+    def _blob_meta(self, video_id: str, blob: str, cols: list[str]) -> tuple[dict, int] | None:
+        """(the ``cols`` of the video's row, its row id in the videos table at the pinned version:
+        each window's ranged read of the ``blob`` column then skips the search), None when the
+        store has no such column."""
+        from curation.store import sql_quote
+        if blob not in self._store.dataset("videos", self.versions["videos"]).schema.names:
+            return None
+        where = f"video_id = {sql_quote(video_id)}"
+        rows = self._query("videos", where, cols).to_pylist()
+        return (rows[0] if rows else {}), self._store.row_id("videos", where, self.versions["videos"])
+
     def _pcm_meta_of(self, video: dict):
         """(samples, start sample, row id) of the video's ``audio_pcm`` at 16 kHz, None when the
         store has none for it (no audio_pcm step, or a row without PCM)."""
         def meta():
-            from curation.store import sql_quote
-            names = self._store.dataset("videos", self.versions["videos"]).schema.names
-            if "audio_pcm" not in names:
+            got = self._blob_meta(video["video_id"], "audio_pcm",
+                                  ["audio_pcm_samples", "audio_pcm_rate", "audio_pcm_start_s"])
+            if got is None or not got[0].get("audio_pcm_samples") or got[0].get("audio_pcm_rate") != cond.SR:
                 return None
-            where = f"video_id = {sql_quote(video['video_id'])}"
-            rows = self._query("videos", where, ["audio_pcm_samples", "audio_pcm_rate",
-                                                 "audio_pcm_start_s"]).to_pylist()
-            r = rows[0] if rows else {}
-            if not r.get("audio_pcm_samples") or r.get("audio_pcm_rate") != cond.SR:
-                return None
-            return (int(r["audio_pcm_samples"]), int(round((r.get("audio_pcm_start_s") or 0.0) * cond.SR)),
-                    self._store.row_id("videos", where, self.versions["videos"]))
+            r, row_id = got
+            return int(r["audio_pcm_samples"]), int(round((r.get("audio_pcm_start_s") or 0.0) * cond.SR)), row_id
         return self._pcm.get_or(video["video_id"], meta)
 
     def _stored_audio(self, pcm: tuple, start_s: float, n: int) -> np.ndarray:
@@ -381,20 +386,14 @@ class ClipStream(IterableDataset):
         return cond.features_at(values, rate, t0 + f0 / rate, pts)
 
     def _features_meta(self, video_id: str):
-        """((F, G, D), rate, start, row id) of the video's features (the row id of the videos table
-        at the pinned version: each window's read then skips the search), None when it has none."""
-        from curation.store import sql_quote
-        if "audio_features" not in self._store.dataset("videos", self.versions["videos"]).schema.names:
+        """((F, G, D), rate, start, row id) of the video's features, None when it has none."""
+        got = self._blob_meta(video_id, "audio_features",
+                              ["audio_features_shape", "audio_features_hz", "audio_features_start_s"])
+        if got is None or not got[0].get("audio_features_shape"):
             return None
-        where = f"video_id = {sql_quote(video_id)}"
-        cols = ["audio_features_shape", "audio_features_hz", "audio_features_start_s"]
-        rows = self._query("videos", where, cols).to_pylist()
-        r = rows[0] if rows else {}
-        if not r.get("audio_features_shape"):
-            return None
+        r, row_id = got
         return tuple(r["audio_features_shape"]), float(r["audio_features_hz"]), \
-            float(r.get("audio_features_start_s") or 0.0), \
-            self._store.row_id("videos", where, self.versions["videos"])
+            float(r.get("audio_features_start_s") or 0.0), row_id
 
     def _references(self, clip: dict) -> list[np.ndarray]:
         if "references" not in self.versions or self.max_references <= 0:
