@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from curation.data import ClipStream
 from curation.store import Store
@@ -144,3 +145,22 @@ def test_dj_video4_states_line_up_with_the_frames(conversation_store):
         assert x["states"].tolist() == [STATE_CODES.get(c["frame_states"][k], -1) for k in j]
         n += 1
     assert n >= 4 and stream.windows
+
+
+def test_features_travel_in_the_ring_slot_with_the_frames(real):
+    """With a DataLoader worker a step's Whisper features (and audio) are written after its frames in
+    the worker's shared-memory slot: the batch's tensors are on the frames' storage and equal the
+    features a main-process batch has."""
+    from curation.data.loader import collate, make_loader
+    uri, _, names = real
+    dj = next(v for v, n in names.items() if n == "dj_video4_6s.mp4")
+    kw = dict(where=f"video_id = '{dj}'", window_s=1.0, seed=0, epochs=1, divisible_by=2, batch_windows=2,
+              verdicts=False)
+    ref = [collate(b) for b in ClipStream(uri, **kw).iter_steps()]
+    got = list(make_loader(ClipStream(uri, **kw), num_workers=1))
+    assert len(got) == len(ref) == 3
+    for b, r in zip(got, ref):
+        assert b["audio_features"].shape == (2, 25, 5, 384)
+        for key in ("audio_features", "audio", "states"):
+            assert b[key].untyped_storage().data_ptr() == b["frames"].untyped_storage().data_ptr(), key
+            assert torch.equal(b[key], r[key]), key

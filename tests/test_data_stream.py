@@ -11,6 +11,7 @@ import resource
 
 import numpy as np
 import pytest
+import torch
 
 import synthetic as syn
 from curation.data import ClipStream, StreamError
@@ -272,6 +273,50 @@ def test_batch_memory_is_reused_only_once_the_trainer_dropped_the_batch(synth, w
         assert np.median(faults[2 * (2 + 3):]) <= 2, faults
     else:
         assert len(buffers.POOL.kept) == pooled         # nothing new: the kept buffers were reused
+
+
+def test_a_steps_arrays_travel_in_its_ring_slot_and_keep_it_busy(synth):
+    """A worker writes a step's audio tracks, states and frame mask after its frames in the ring
+    slot (one shared-memory segment, no bytes through the pipe): the main process's batch has them
+    as tensors on the frames' storage, equal to a batch collated in the main process; an audio
+    tensor the trainer keeps keeps its slot busy while later steps reuse the others."""
+    from curation.data.loader import collate, make_loader
+    uri, _ = synth
+    kw = dict(window_s=1.0, seed=7, epochs=2, divisible_by=2, batch_windows=2)
+    ref = [collate(b) for b in ClipStream(uri, **kw).iter_steps()]
+    loader = make_loader(ClipStream(uri, **kw), num_workers=1)
+    kept = first = None
+    for i, b in enumerate(loader):
+        frames = b["frames"].untyped_storage().data_ptr()
+        for key in ("audio", "speak_audio", "listen_audio", "states", "frame_mask"):
+            assert b[key].untyped_storage().data_ptr() == frames, key
+            assert b[key].dtype == ref[i][key].dtype and torch.equal(b[key], ref[i][key]), (i, key)
+        if i == 1:
+            kept = b["audio"].numpy()            # the trainer keeps one array of step 1
+            first = kept.copy()
+        del b
+    assert len(ref) > 2 * (2 + 3) and loader.releaser.released >= len(ref) - 2 * (2 + 3) - 1
+    assert np.array_equal(kept, first) and first.any()
+
+
+def test_a_ring_slot_too_small_for_a_steps_arrays_is_grown_for_the_next_steps():
+    """The room a slot keeps after a step's frames grows when a step's other arrays need more (a
+    larger feature model): that step sends them by value, the slot made next holds them."""
+    from curation.data import buffers
+    flags = torch.zeros(2, dtype=torch.int8)
+    ring = buffers.SharedRing(flags, range(2))
+    shape = (2, 10, 8, 8, 3)
+    frames = ring.take(shape, np.uint8)
+    assert ring.tail(frames, 2 * 10 * buffers.TAIL_PER_FRAME) is not None
+    big = 2 * 10 * 3 * buffers.TAIL_PER_FRAME
+    assert ring.tail(frames, big) is None and ring.tail_per_frame > 3 * buffers.TAIL_PER_FRAME
+    ring.free(frames)
+    frames = ring.take(shape, np.uint8)
+    region, offset = ring.tail(frames, big)
+    assert len(region) == big and offset >= frames.nbytes and offset % buffers.ALIGN == 0
+    region[:] = 7                                   # the frames are not overwritten
+    assert not frames.any()
+    assert ring.tail(torch.zeros(3), 8) is None     # a tensor of no slot
 
 
 def digest(batch) -> str:

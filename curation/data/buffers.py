@@ -14,6 +14,11 @@ import torch
 from torch.utils.data import get_worker_info
 
 POOL_BYTES = 1 << 30      # arrays kept for reuse in one process, at most (the least recently used go)
+# bytes per window-frame a ring slot keeps after a step's frames for the step's other arrays (three
+# audio tracks: 7.7 kB a frame at 25 fps; tiny.en's features: 7.7 kB; larger Whisper encoders more:
+# a slot that proves too small is grown, see :meth:`SharedRing.tail`)
+TAIL_PER_FRAME = 32 << 10
+ALIGN = 64
 
 
 class Pool:
@@ -69,30 +74,48 @@ def _shared(nbytes: int) -> torch.UntypedStorage:
     return torch.UntypedStorage._new_shared(nbytes)
 
 
-def _on(storage: torch.UntypedStorage, shape: tuple, dtype) -> torch.Tensor:
+def _on(storage: torch.UntypedStorage, shape: tuple, dtype, offset: int = 0) -> torch.Tensor:
+    """A tensor of ``shape`` on ``storage`` from byte ``offset`` (a multiple of the item size)."""
+    dtype = np.dtype(dtype)
     tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
-    return torch.empty(0, dtype=tdtype).set_(storage, 0, shape)
+    return torch.empty(0, dtype=tdtype).set_(storage, offset // dtype.itemsize, tuple(shape))
+
+
+def aligned(n: int) -> int:
+    return -(-int(n) // ALIGN) * ALIGN
+
+
+def _slot_bytes(shape: tuple, dtype, tail_per_frame: int) -> int:
+    """Bytes of a ring slot for a step's frames of ``shape`` (B, T, ...) and its other arrays."""
+    return aligned(int(np.prod(shape)) * np.dtype(dtype).itemsize) + \
+        int(tail_per_frame) * int(shape[0]) * int(shape[1])
 
 
 class SharedRing:
-    """A DataLoader worker's shared-memory buffers for its steps' frames, reused: slot j is busy while
+    """A DataLoader worker's shared-memory buffers for its steps, reused: slot j is busy while
     ``flags[j]`` is 1 (set here when a step takes it, cleared by the main process's
     :class:`Releaser` once the batch is dropped there). ``flags`` is one shared int8 tensor of all
-    workers' slots, made by the main process; this worker owns ``slots``."""
+    workers' slots, made by the main process; this worker owns ``slots``.
+
+    A slot holds a step's frames and, after them (:meth:`tail`), the step's other arrays (audio
+    tracks, features, states): the batch then travels as one shared-memory segment the main process
+    has mapped already, and only a few small values go by value through the DataLoader's pipe
+    (1.5 MB a step of two 2 s windows went through it before, in 64 kB writes and reads)."""
 
     def __init__(self, flags: torch.Tensor, slots: range):
         self.flags, self.slots = flags, slots
         self.storage: dict[int, torch.UntypedStorage] = {}
         self.given: dict[int, int] = {}           # data_ptr of a handed-out buffer -> its slot
         self.reserve = 0     # bytes a slot gets when it is made or grown (see :func:`reserve`)
+        self.tail_per_frame = TAIL_PER_FRAME      # grown when a step's other arrays need more
 
     def take(self, shape: tuple, dtype) -> torch.Tensor:
-        """A tensor on a free slot (the smallest that holds it, else a free one grown to hold it),
-        or on fresh shared memory of no slot when all are busy."""
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        """A tensor on a free slot (the smallest that holds it and the step's other arrays, else a
+        free one grown to hold them), or on fresh shared memory of no slot when all are busy."""
+        nbytes = _slot_bytes(shape, dtype, self.tail_per_frame)
         free = [j for j in self.slots if not int(self.flags[j])]
         if not free:
-            return _on(_shared(nbytes), shape, dtype)
+            return _on(_shared(int(np.prod(shape)) * np.dtype(dtype).itemsize), shape, dtype)
         fits = [j for j in free if j in self.storage and self.storage[j].nbytes() >= nbytes]
         j = min(fits, key=lambda j: self.storage[j].nbytes()) if fits else free[0]
         if j not in fits:    # the epoch's largest step (or an eighth more): later steps fit it too
@@ -105,6 +128,21 @@ class SharedRing:
 
     def slot_of(self, t: torch.Tensor) -> int:
         return self.given.get(t.data_ptr(), -1)
+
+    def tail(self, t: torch.Tensor, nbytes: int) -> tuple[np.ndarray, int] | None:
+        """(a uint8 array of ``nbytes`` after the step's frames ``t`` in their slot, its byte
+        offset there), None when ``t`` has no slot or the slot is too small: the slots made from
+        then on keep enough after a step's frames (the first step of a larger feature model goes
+        by value)."""
+        j = self.given.get(t.data_ptr())
+        if j is None:
+            return None
+        offset = aligned(t.nbytes)
+        if offset + nbytes > self.storage[j].nbytes():
+            frames = int(t.shape[0]) * int(t.shape[1]) if t.dim() >= 2 else 1
+            self.tail_per_frame = max(self.tail_per_frame, -(-int(nbytes) // max(frames, 1)) + ALIGN)
+            return None
+        return _on(self.storage[j], (nbytes,), np.uint8, offset).numpy(), offset
 
     def free(self, t: torch.Tensor) -> None:
         j = self.given.pop(t.data_ptr(), None)
@@ -133,12 +171,19 @@ class Releaser:
         self.released = 0          # slots given back so far
 
     def hold(self, batch: dict) -> dict:
+        """The batch with its frames a view of the received tensor, and the arrays the worker wrote
+        after them in the slot (``in_slot``: key, byte offset, shape, dtype) tensors on it."""
         slot = batch.pop("frames_slot", -1)
+        in_slot = batch.pop("in_slot", ())
         frames = batch.get("frames")
         if slot >= 0 and isinstance(frames, torch.Tensor):
-            self.mapped[slot] = frames.untyped_storage()    # before the count: it is one of the idle uses
+            storage = self.mapped[slot] = frames.untyped_storage()   # before the count: an idle use
             self.held.append((frames, Pool._uses(frames), slot))
             batch["frames"] = frames.view(frames.shape)
+            for key, offset, shape, dtype in in_slot:
+                batch[key] = _on(storage, shape, dtype, offset)
+        elif in_slot:
+            raise RuntimeError("a batch's arrays are in a ring slot but its frames are not")
         return batch
 
     def release(self) -> None:
@@ -153,10 +198,12 @@ class Releaser:
 
 
 def step_bytes(windows) -> int:
-    """The bytes of :func:`frames_of`'s tensor for a step's windows (0 when it makes none)."""
+    """The bytes of a ring slot for a step's windows: :func:`frames_of`'s tensor and the step's
+    other arrays after it (0 when it makes no frames tensor)."""
     if not windows or len({(w.height, w.width) for w in windows}) != 1 or not windows[0].height:
         return 0
-    return len(windows) * max(w.frames for w in windows) * windows[0].height * windows[0].width * 3
+    shape = (len(windows), max(w.frames for w in windows), windows[0].height, windows[0].width, 3)
+    return _slot_bytes(shape, np.uint8, RING.tail_per_frame if RING is not None else TAIL_PER_FRAME)
 
 
 def reserve(nbytes: int) -> None:
@@ -189,6 +236,13 @@ def give_back(frames) -> None:
 def slot_of(frames) -> int:
     """The ring slot of a step's frames tensor, -1 when it has none."""
     return RING.slot_of(frames) if RING is not None and isinstance(frames, torch.Tensor) else -1
+
+
+def tail_of(frames, nbytes: int) -> tuple[np.ndarray, int] | None:
+    """``nbytes`` of the ring slot after a step's frames tensor, see :meth:`SharedRing.tail`."""
+    if RING is None or not isinstance(frames, torch.Tensor) or get_worker_info() is None:
+        return None
+    return RING.tail(frames, nbytes)
 
 
 def starts_row(images: np.ndarray, row: np.ndarray) -> bool:

@@ -39,19 +39,44 @@ class StepDataset(IterableDataset):
 def _pad(arrays: list[np.ndarray], length: int, fill=0, shared: bool = False):
     """The arrays stacked and padded with ``fill`` to ``length``, written once into the batch's
     array: a tensor in the main process (on :data:`buffers.POOL`'s memory); in a DataLoader worker a
-    numpy array, which travels to the main process by value (a few hundred kB: cheaper than the
-    shared-memory segment of its own that torch makes for every tensor a worker sends) and becomes a
-    tensor there (:func:`as_tensors`), or with ``shared`` a shared-memory tensor."""
+    numpy array, which travels to the main process by value and becomes a tensor there
+    (:func:`as_tensors`), or with ``shared`` a shared-memory tensor (see :func:`_in_slot` for how
+    a worker's step usually sends them)."""
     shape = (len(arrays), length) + arrays[0].shape[1:]
     if get_worker_info() is not None and not shared:
         out = view = np.empty(shape, arrays[0].dtype)
     else:
         out = buffers.empty(shape, arrays[0].dtype)
         view = out.numpy()
+    _fill(view, arrays, fill)
+    return out
+
+
+def _fill(view: np.ndarray, arrays: list[np.ndarray], fill) -> None:
     for i, a in enumerate(arrays):
         view[i, :len(a)] = a
         view[i, len(a):] = fill
-    return out
+
+
+def _in_slot(parts: dict, frames) -> tuple[dict, list]:
+    """In a DataLoader worker: ``parts`` (key -> (arrays, length, fill)) stacked and padded as
+    :func:`_pad` does, written into the ring slot after the step's ``frames``; returns ({key: None},
+    [(key, byte offset in the slot, shape, dtype)]) for :meth:`buffers.Releaser.hold` to make them
+    tensors on the slot the main process receives with the frames, or ({}, []) when the frames have
+    no slot (or it is too small: then they go by value)."""
+    layout, size = [], 0
+    for key, (arrays, length, _) in parts.items():
+        shape = (len(arrays), length) + arrays[0].shape[1:]
+        layout.append((key, size, shape, arrays[0].dtype.str))
+        size = buffers.aligned(size + int(np.prod(shape)) * arrays[0].dtype.itemsize)
+    tail = buffers.tail_of(frames, size)
+    if tail is None:
+        return {}, []
+    region, base = tail
+    for (key, offset, shape, dtype), (arrays, _, fill) in zip(layout, parts.values()):
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        _fill(region[offset:offset + n].view(dtype).reshape(shape), arrays, fill)
+    return dict.fromkeys(parts), [(key, base + offset, shape, dtype) for key, offset, shape, dtype in layout]
 
 
 def as_tensors(batch: dict) -> dict:
@@ -88,23 +113,31 @@ def collate(samples: list[dict]) -> dict:
     it no weight in the loss) and 1 otherwise, and lists of the rest."""
     t_max = max(len(s["frames"]) for s in samples)
     n_max = max(len(s["audio"]) for s in samples)
+    frames = _frames(samples, t_max)
+    parts = {"frame_mask": ([np.ones(len(s["frames"]), bool) for s in samples], t_max, 0),
+             "states": ([s["states"] for s in samples], t_max, -1)}
+    for key in ("audio", "speak_audio", "listen_audio"):
+        parts[key] = ([s[key] for s in samples], n_max, 0)
+    feats = [s.get("audio_features") for s in samples]
+    if not any(f is None for f in feats):
+        parts["audio_features"] = (feats, t_max, 0)
     batch = {
-        "frames": _frames(samples, t_max),
-        "frame_mask": _pad([np.ones(len(s["frames"]), bool) for s in samples], t_max),
-        "states": _pad([s["states"] for s in samples], t_max, fill=-1),
+        "frames": frames, "audio_features": None,
         "start_s": np.array([s["start_s"] for s in samples], np.float64),
         "pad": np.array([bool(s.get("pad")) for s in samples]),
         "weight": np.array([0.0 if s.get("pad") else 1.0 for s in samples], np.float32),
         "epoch": samples[0]["epoch"], "step": samples[0]["step"],
     }
-    for key in ("audio", "speak_audio", "listen_audio"):
-        batch[key] = _pad([s[key] for s in samples], n_max)
-    feats = [s.get("audio_features") for s in samples]
-    batch["audio_features"] = None if any(f is None for f in feats) else _pad(feats, t_max)
+    in_slot, layout = _in_slot(parts, frames) if get_worker_info() is not None else ({}, [])
+    batch.update(in_slot)
+    for key, (arrays, length, fill) in parts.items():
+        if key not in in_slot:
+            batch[key] = _pad(arrays, length, fill)
     for key in ("clip_id", "video_id", "text", "references", "fps", "replaced", "audio_source", "audio_read"):
         batch[key] = [s.get(key) for s in samples]
     if get_worker_info() is not None:       # its arrays become tensors in the main process
         batch["frames_slot"] = buffers.slot_of(batch["frames"])   # WindowLoader gives it back
+        batch["in_slot"] = layout
         return batch
     return as_tensors(batch)
 
@@ -138,6 +171,7 @@ class WindowLoader:
                 batch = releaser.hold(as_tensors(batch))
             else:
                 batch.pop("frames_slot", None)
+                batch.pop("in_slot", None)
             yield batch
 
     def state_dict(self) -> dict:
