@@ -129,7 +129,10 @@ def run_side(args, store: str, side: str, workers: int) -> dict:
         n = 0
         for b in make_loader(stream, num_workers=workers):
             n += len(b["clip_id"])
-            b["frames"].view(-1)[::4096].sum()     # a byte of every page: the trainer's copy maps them
+            # a byte of every page, as the trainer's copy to the GPU maps them; in numpy, on one
+            # thread as that copy is (torch's sum ran on OpenMP threads that then spin, taking a
+            # core from the workers for ~1 ms a call)
+            b["frames"].numpy().reshape(-1)[::4096].sum()
             arrive(n)
     elif workers:
         with mp.get_context("spawn").Pool(workers) as pool:
