@@ -275,11 +275,13 @@ def test_batch_memory_is_reused_only_once_the_trainer_dropped_the_batch(synth, w
         assert len(buffers.POOL.kept) == pooled         # nothing new: the kept buffers were reused
 
 
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument")   # no accelerator here: nothing is pinned
 def test_a_steps_arrays_travel_in_its_ring_slot_and_keep_it_busy(synth):
     """A worker writes a step's audio tracks, states and frame mask after its frames in the ring
     slot (one shared-memory segment, no bytes through the pipe): the main process's batch has them
     as tensors on the frames' storage, equal to a batch collated in the main process; an audio
-    tensor the trainer keeps keeps its slot busy while later steps reuse the others."""
+    tensor the trainer keeps keeps its slot busy while later steps reuse the others. With
+    ``pin_memory`` they go by value."""
     from curation.data.loader import collate, make_loader
     uri, _ = synth
     kw = dict(window_s=1.0, seed=7, epochs=2, divisible_by=2, batch_windows=2)
@@ -297,6 +299,11 @@ def test_a_steps_arrays_travel_in_its_ring_slot_and_keep_it_busy(synth):
         del b
     assert len(ref) > 2 * (2 + 3) and loader.releaser.released >= len(ref) - 2 * (2 + 3) - 1
     assert np.array_equal(kept, first) and first.any()
+    # with pin_memory the DataLoader's pin thread copies the frames tensor alone: the arrays go by value
+    pinned = make_loader(ClipStream(uri, **{**kw, "epochs": 1}), num_workers=1, pin_memory=True)
+    for i, b in enumerate(pinned):
+        assert b["audio"].untyped_storage().data_ptr() != b["frames"].untyped_storage().data_ptr()
+        assert torch.equal(b["audio"], ref[i]["audio"]) and torch.equal(b["states"], ref[i]["states"])
 
 
 def test_a_ring_slot_too_small_for_a_steps_arrays_is_grown_for_the_next_steps():

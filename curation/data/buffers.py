@@ -102,12 +102,12 @@ class SharedRing:
     has mapped already, and only a few small values go by value through the DataLoader's pipe
     (1.5 MB a step of two 2 s windows went through it before, in 64 kB writes and reads)."""
 
-    def __init__(self, flags: torch.Tensor, slots: range):
-        self.flags, self.slots = flags, slots
+    def __init__(self, flags: torch.Tensor, slots: range, tails: bool = True):
+        self.flags, self.slots, self.tails = flags, slots, tails
         self.storage: dict[int, torch.UntypedStorage] = {}
         self.given: dict[int, int] = {}           # data_ptr of a handed-out buffer -> its slot
         self.reserve = 0     # bytes a slot gets when it is made or grown (see :func:`reserve`)
-        self.tail_per_frame = TAIL_PER_FRAME      # grown when a step's other arrays need more
+        self.tail_per_frame = TAIL_PER_FRAME if tails else 0   # grown when a step's arrays need more
 
     def take(self, shape: tuple, dtype) -> torch.Tensor:
         """A tensor on a free slot (the smallest that holds it and the step's other arrays, else a
@@ -135,7 +135,7 @@ class SharedRing:
         then on keep enough after a step's frames (the first step of a larger feature model goes
         by value)."""
         j = self.given.get(t.data_ptr())
-        if j is None:
+        if j is None or not self.tails:
             return None
         offset = aligned(t.nbytes)
         if offset + nbytes > self.storage[j].nbytes():

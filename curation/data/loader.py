@@ -23,16 +23,19 @@ from curation.data.stream import ClipStream
 class StepDataset(IterableDataset):
     """Yields this rank's share of each global step as a list of samples (one DataLoader item).
     ``flags``: the workers' ring slots (see :class:`curation.data.buffers.SharedRing`),
-    ``slots`` of them per worker."""
+    ``slots`` of them per worker; ``tails``: a step's other arrays go in its slot after the frames
+    (not with ``pin_memory``: the pin thread copies the frames tensor alone)."""
 
-    def __init__(self, stream: ClipStream, flags: torch.Tensor | None = None, slots: int = 0):
-        self.stream, self.flags, self.slots = stream, flags, slots
+    def __init__(self, stream: ClipStream, flags: torch.Tensor | None = None, slots: int = 0,
+                 tails: bool = True):
+        self.stream, self.flags, self.slots, self.tails = stream, flags, slots, tails
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None and self.flags is not None:
-            buffers.RING = buffers.SharedRing(self.flags, range(worker * self.slots, (worker + 1) * self.slots))
+            buffers.RING = buffers.SharedRing(self.flags, range(worker * self.slots, (worker + 1) * self.slots),
+                                              tails=self.tails)
         yield from self.stream.iter_steps(worker, workers)
 
 
@@ -160,7 +163,8 @@ class WindowLoader:
             slots = (self.prefetch_factor or 2) + 3
             releaser = buffers.Releaser(self.num_workers * slots)
         self.releaser = releaser
-        dl = DataLoader(StepDataset(self.stream, releaser.flags if releaser else None, slots),
+        dl = DataLoader(StepDataset(self.stream, releaser.flags if releaser else None, slots,
+                                    tails=not self.pin_memory),
                         batch_size=None, num_workers=self.num_workers, collate_fn=self.collate_fn,
                         pin_memory=self.pin_memory, **kw)
         for batch in dl:
