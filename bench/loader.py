@@ -130,8 +130,7 @@ def run_side(args, store: str, side: str, workers: int) -> dict:
         for b in make_loader(stream, num_workers=workers):
             n += len(b["clip_id"])
             # a byte of every page, as the trainer's copy to the GPU maps them; in numpy, on one
-            # thread as that copy is (torch's sum ran on OpenMP threads that then spin, taking a
-            # core from the workers for ~1 ms a call)
+            # thread as that copy is (torch's sum runs on OpenMP threads)
             b["frames"].numpy().reshape(-1)[::4096].sum()
             arrive(n)
     elif workers:

@@ -82,6 +82,7 @@ def _on(storage: torch.UntypedStorage, shape: tuple, dtype, offset: int = 0) -> 
 
 
 def aligned(n: int) -> int:
+    """``n`` rounded up to a multiple of :data:`ALIGN` bytes."""
     return -(-int(n) // ALIGN) * ALIGN
 
 
