@@ -87,22 +87,27 @@ def score(st) -> dict:
     return videos
 
 
+def run_workflow(media: str, models: str, store: str) -> float:
+    """conversation.yaml on the four clips of ``media`` into ``store``; returns the wall seconds."""
+    from curation.runner import Runner
+    from curation.store import Store
+    from curation.workflow import load
+    t0 = time.perf_counter()
+    Runner(load(ROOT / "workflows" / "conversation.yaml"), Store(store), model_dir=models,
+           executor="local").run([str(Path(media) / n) for n in CLIPS])
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--media", default=str(ROOT.parent / "shared" / "media"))
     ap.add_argument("--models", default=str(ROOT.parent / "shared" / "models"))
     ap.add_argument("--store", default=None)
     args = ap.parse_args()
-    from curation.runner import Runner
     from curation.store import Store
-    from curation.workflow import load
     store = args.store or tempfile.mkdtemp(prefix="agreement-")
-    st = Store(store)
-    t0 = time.perf_counter()
-    Runner(load(ROOT / "workflows" / "conversation.yaml"), st, model_dir=args.models,
-           executor="local").run([str(Path(args.media) / n) for n in CLIPS])
-    wall = time.perf_counter() - t0
-    videos = score(st)
+    wall = run_workflow(args.media, args.models, store)
+    videos = score(Store(store))
     dur = sum(v["duration_s"] for v in videos.values())
     print(f"\nconversation workflow: {wall:.0f} s wall for {dur:.0f} s of video (store {store})")
 
