@@ -30,9 +30,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 from label_agreement import CLIPS, run_workflow, score  # noqa: E402
 
 
-def reencode(media: Path, out: Path, crf: int) -> None:
+def reencode(media: Path, out: Path, crf: int, names=CLIPS) -> None:
+    """``names`` of ``media`` re-encoded into ``out``: libx264 at ``crf``, every frame at its own
+    timestamp, the other streams copied."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in CLIPS:
+    for name in names:
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(media / name), "-map", "0",
                         "-c:v", "libx264", "-crf", str(crf), "-preset", "medium", "-fps_mode", "passthrough",
                         "-copyts", "-c:a", "copy", str(out / name)], check=True)

@@ -82,14 +82,20 @@ def composite_store(tmp_path_factory, media, models):
     filters up to rerank) on vr_face2 and the COMPOSITES (who speaks is known by how they were
     built), as conversation_store runs it. The steps after the labels (audio variants, Whisper,
     transcripts) are tested on conversation_store and change nothing the composite tests read."""
-    import yaml
     d = tmp_path_factory.mktemp("composites")
     comps = [_composite(media, d / f"composite_{k}.mp4", *v[:3]) for k, v in COMPOSITES.items()]
+    return _conversation_run(d, [media / "vr_face2.mp4", *comps], models, labels_workflow(d))
+
+
+def labels_workflow(d: Path) -> Path:
+    """conversation.yaml cut to its label steps (LABEL_STEPS: steps, params and filters up to
+    rerank), written into ``d``."""
+    import yaml
     wf = yaml.safe_load((ROOT / "workflows" / "conversation.yaml").read_text())
     wf["steps"] = [s for s in wf["steps"] if s["name"] in LABEL_STEPS]
     assert {s["name"] for s in wf["steps"]} == set(LABEL_STEPS)
     (d / "conversation_labels.yaml").write_text(yaml.safe_dump(wf, sort_keys=False))
-    return _conversation_run(d, [media / "vr_face2.mp4", *comps], models, d / "conversation_labels.yaml")
+    return d / "conversation_labels.yaml"
 
 
 def _conversation_run(d: Path, files: list[Path], models, workflow: Path = ROOT / "workflows" / "conversation.yaml"):

@@ -4,27 +4,19 @@ original on nearly every frame (bench/label_stability.py measures the four agree
 over 1376 frames, vr_face1 0.947)."""
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
-import yaml
 
-from conftest import ROOT, _conversation_run
-from bench.composites import LABEL_STEPS
+from bench.label_stability import reencode
+from conftest import _conversation_run, labels_workflow
 
 pytestmark = [pytest.mark.slow]     # the label steps on a re-encoded copy, and the conversation run
 
 
 def test_labels_survive_an_invisible_re_encode(conversation_store, media, models, tmp_path):
+    reencode(media, tmp_path, 18, ["vr_face1.mp4"])
     copy = tmp_path / "vr_face1.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(media / "vr_face1.mp4"), "-map", "0",
-                    "-c:v", "libx264", "-crf", "18", "-fps_mode", "passthrough", "-copyts", "-c:a", "copy",
-                    str(copy)], check=True)
-    wf = yaml.safe_load((ROOT / "workflows" / "conversation.yaml").read_text())
-    wf["steps"] = [s for s in wf["steps"] if s["name"] in LABEL_STEPS]
-    (tmp_path / "labels.yaml").write_text(yaml.safe_dump(wf, sort_keys=False))
-    _, _, clips, _ = _conversation_run(tmp_path, [copy], models, tmp_path / "labels.yaml")
+    _, _, clips, _ = _conversation_run(tmp_path, [copy], models, labels_workflow(tmp_path))
     (before,) = conversation_store[2]["vr_face1.mp4"]
     (after,) = clips["vr_face1.mp4"]
     assert (before["track_id"].rsplit(":", 1)[-1], round(before["start_s"], 2)) == \
