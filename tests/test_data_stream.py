@@ -326,6 +326,30 @@ def test_a_ring_slot_too_small_for_a_steps_arrays_is_grown_for_the_next_steps():
     assert ring.tail(torch.zeros(3), 8) is None     # a tensor of no slot
 
 
+def test_the_loader_warns_when_shared_memory_cannot_hold_its_workers_rings(synth, monkeypatch, caplog):
+    """Workers whose ring slots would not fit in /dev/shm (a container's default is 64 MB) are
+    warned about before they start, with the sizes and what to change (a worker that runs out later
+    dies of a bus error); the sizes are the stream's largest step."""
+    import collections
+    import logging
+
+    from curation.data import buffers
+    from curation.data.loader import make_loader
+    uri, _ = synth
+    stream = ClipStream(uri, window_s=1.0, seed=0, epochs=1, divisible_by=2, batch_windows=2)
+    step = stream.largest_step_bytes()
+    w = max((stream.windows[i] for b in stream.plan(0).batches for i in b), key=lambda w: w.frames)
+    assert step >= 2 * w.frames * w.height * w.width * 3          # two windows' frames and their arrays
+    assert buffers.check_shared_memory(2, 5, 1 << 20) is None     # 10 MiB: this machine has room
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(buffers.shutil, "disk_usage", lambda path: usage(64 << 20, 60 << 20, 4 << 20))
+    with caplog.at_level(logging.WARNING, logger="curation.data.buffers"):
+        batch = next(iter(make_loader(stream, num_workers=1)))
+    assert batch["frames"].shape[0] == 2
+    msg = [r.getMessage() for r in caplog.records if "shared memory" in r.getMessage()]
+    assert len(msg) == 1 and "1 worker(s)" in msg[0] and "5 ring slots" in msg[0] and "--shm-size" in msg[0]
+
+
 def digest(batch) -> str:
     h = hashlib.sha256()
     for s in batch:

@@ -7,11 +7,15 @@ back (:class:`Releaser`) once the trainer has dropped the batch. In the main pro
 5 ms to write it again. The stream decodes a step's frames straight into one."""
 from __future__ import annotations
 
+import logging
+import shutil
 import threading
 
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
+
+log = logging.getLogger(__name__)
 
 POOL_BYTES = 1 << 30      # arrays kept for reuse in one process, at most (the least recently used go)
 # bytes per window-frame a ring slot keeps after a step's frames for the step's other arrays (three
@@ -205,6 +209,27 @@ def step_bytes(windows) -> int:
         return 0
     shape = (len(windows), max(w.frames for w in windows), windows[0].height, windows[0].width, 3)
     return _slot_bytes(shape, np.uint8, RING.tail_per_frame if RING is not None else TAIL_PER_FRAME)
+
+
+def check_shared_memory(workers: int, slots: int, step: int, path: str = "/dev/shm") -> str | None:
+    """A warning (logged, and returned) when ``path`` has less free space than ``workers`` x
+    ``slots`` ring slots of ``step`` bytes: a worker whose shared memory runs out dies of a bus
+    error in the middle of a run (a container's default /dev/shm is 64 MB). None when it fits or
+    ``path`` cannot be read."""
+    need = int(workers) * int(slots) * int(step)
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
+    if need <= free:
+        return None
+    msg = (f"the loader's {workers} worker(s) may need up to {need / 2**30:.2f} GiB of shared memory "
+           f"({slots} ring slots each of {step / 2**20:.0f} MiB, the largest step) and {path} has "
+           f"{free / 2**30:.2f} GiB free: a worker that runs out dies with a bus error. Give the container "
+           f"more (docker run --shm-size), or use fewer workers, a smaller prefetch_factor, smaller batches "
+           f"or frames")
+    log.warning(msg)
+    return msg
 
 
 def reserve(nbytes: int) -> None:

@@ -162,6 +162,7 @@ class WindowLoader:
             # a worker's steps in flight (prefetched, being built) and the two the trainer may hold
             slots = (self.prefetch_factor or 2) + 3
             releaser = buffers.Releaser(self.num_workers * slots)
+            buffers.check_shared_memory(self.num_workers, slots, self.stream.largest_step_bytes())
         self.releaser = releaser
         dl = DataLoader(StepDataset(self.stream, releaser.flags if releaser else None, slots,
                                     tails=not self.pin_memory),

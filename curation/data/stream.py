@@ -172,6 +172,13 @@ class ClipStream(IterableDataset):
         return self._plans.get_or(epoch, lambda: epoch_plan(
             self.windows, self.seed, epoch, self.batch_tokens, self.batch_windows, self.divisible_by))
 
+    def largest_step_bytes(self, epoch: int | None = None, step: int = 0) -> int:
+        """Bytes of a DataLoader worker's ring slot for this rank's largest step of ``epoch`` from
+        ``step`` on (its frames and other arrays, :func:`curation.data.buffers.step_bytes`)."""
+        plan = self.plan(self.epoch if epoch is None else epoch)
+        return max((buffers.step_bytes([self.windows[i] for i in rank_share(b, self.rank, self.world_size)])
+                    for b in plan.batches[step:]), default=0)
+
     def steps_per_epoch(self, epoch: int | None = None) -> int:
         return len(self.plan(self.epoch if epoch is None else epoch).batches)
 
@@ -202,8 +209,7 @@ class ClipStream(IterableDataset):
         while self.epochs is None or epoch < self.epochs:
             plan = self.plan(epoch)
             if in_place:     # a DataLoader worker's ring slots: made once at the epoch's largest step
-                buffers.reserve(max((buffers.step_bytes([self.windows[i] for i in rank_share(
-                    b, self.rank, self.world_size)]) for b in plan.batches[step:]), default=0))
+                buffers.reserve(self.largest_step_bytes(epoch, step))
             for s in range(step, len(plan.batches)):
                 g += 1
                 if g % workers != worker:
